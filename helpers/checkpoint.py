@@ -1,0 +1,138 @@
+"""Run folders and checkpoints: atomic writes, RNG capture, provenance, safe loading.
+
+A checkpoint is data, not code: it holds only tensors, numbers, strings, lists
+and dicts, and is read with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config
+
+# Keys that may differ between a checkpoint and the config that resumes it:
+# they change where or how fast the run goes, not what it computes.
+RESUME_SAFE = {"train.stop_after", "train.device", "train.compile", "train.num_threads",
+               "data.root", "data.eval_batch_size"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message says which file and why."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save`` to a temp file in the same folder, then rename over ``path``."""
+    import io
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by ``save_checkpoint`` (weights_only: no code runs)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path.resolve()}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path.resolve()} "
+                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path.resolve()} is not a checkpoint of this project "
+                              "(no 'model' and 'config' entries)")
+    return state
+
+
+def config_mismatches(saved: dict, cfg: Config, allowed: set[str] = RESUME_SAFE) -> list[str]:
+    """``"key: checkpoint X, config Y"`` for each field that differs, outside ``allowed``."""
+    now = cfg.to_dict()
+    out = []
+    for section, values in saved.items():
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            current = now.get(section, {}).get(key, "<absent>")
+            if dotted not in allowed and current != value:
+                out.append(f"{dotted}: checkpoint {value!r}, config {current!r}")
+    return out
+
+
+def check_compatible(state: dict, cfg: Config, path: str | Path = "checkpoint",
+                     allowed: set[str] = RESUME_SAFE) -> None:
+    """Raise ``CheckpointError`` naming every mismatch between a checkpoint and ``cfg``."""
+    bad = config_mismatches(state["config"], cfg, allowed)
+    if bad:
+        raise CheckpointError(f"{path} was made with a different config:\n  " + "\n  ".join(bad))
+
+
+def rng_state(*generators: torch.Generator) -> dict:
+    """Every RNG a run draws from: torch's global CPU (and CUDA) state plus the given generators."""
+    state = {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in generators]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, *generators: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    for g, s in zip(generators, state["generators"]):
+        g.set_state(s)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def git_commit(folder: Path | None = None) -> str:
+    """The checkout's commit (with ``+dirty`` for uncommitted changes), or ``"unknown"``."""
+    folder = folder or Path(__file__).resolve().parents[1]
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=folder, capture_output=True,
+                                        text=True, timeout=5).stdout.strip()
+        commit = run("rev-parse", "--short", "HEAD")
+        return (commit + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+                if commit else "unknown")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """Versions, device and commit: what a result needs to be reproduced."""
+    import torchvision
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "device": str(device), "device_name": name, "threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+    }
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")

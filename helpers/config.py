@@ -1,0 +1,290 @@
+"""Every hyperparameter of the recipe, in one place.
+
+Defaults are the seed report's Table 1 (see ``SEED_RECIPE.md``); fields marked
+*(reading)* fill gaps left by the report's lost figures. Each field carries its
+allowed range in its metadata, so validation and documentation share one home.
+
+    cfg = get_preset("seed")                          # exact Table 1
+    cfg = get_preset("smoke", ["train.epochs=2"])     # dotted overrides
+    cfg = preset_from_env()                           # $HELPERS_PRESET, for notebooks
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+CLASSES: tuple[str, ...] = (
+    "plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # CIFAR-10's label order; short names as the report prints them
+
+
+def _f(default: Any, lo: float | None = None, hi: float | None = None,
+       choices: tuple | None = None, lo_open: bool = False) -> Any:
+    """A dataclass field with its allowed range (inclusive unless ``lo_open``)."""
+    meta = {"lo": lo, "hi": hi, "choices": choices, "lo_open": lo_open}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    root: str = "data"                              # folder holding cifar-10-batches-py/
+    batch_size: int = _f(128, lo=1)                 # images per training step
+    eval_batch_size: int = _f(512, lo=1)            # images per evaluation step (no grads)
+    train_subset: int = _f(0, lo=0)                 # first N training images; 0 = all 50,000
+    test_subset: int = _f(0, lo=0)                  # first N test images; 0 = all 10,000
+    val_size: int = _f(0, lo=0)                     # images held out of train as validation; 0 = none
+    drop_last: bool = False                         # drop the last, smaller training batch
+    # per-image augmentation (report §1, Table 1)
+    flip_p: float = _f(0.3, lo=0.0, hi=1.0)         # horizontal flip probability
+    rotation: float = _f(10.0, lo=0.0, hi=180.0)    # degrees, uniform in ±rotation
+    brightness: float = _f(0.15, lo=0.0, hi=1.0)    # factor uniform in [1-b, 1+b]
+    contrast: float = _f(0.15, lo=0.0, hi=1.0)      # factor uniform in [1-c, 1+c]
+    saturation: float = _f(0.15, lo=0.0, hi=1.0)    # factor uniform in [1-s, 1+s]
+    hue: float = _f(0.075, lo=0.0, hi=0.5)          # shift uniform in ±hue (fraction of the colour wheel)
+    # batch mixing (report §1, Table 1)
+    cutmix_alpha: float = _f(1.0, lo=0.0, lo_open=True)  # Beta(α, α) for the pasted box's area
+    mixup_alpha: float = _f(0.2, lo=0.0, lo_open=True)   # Beta(α, α) for the blend weight
+    cutmix_p: float = _f(0.5, lo=0.0, hi=1.0)       # P(CutMix) vs P(MixUp) = 1 - cutmix_p *(reading)*
+    mix_p: float = _f(1.0, lo=0.0, hi=1.0)          # P(a batch is mixed at all); the report mixes every batch
+
+
+@dataclass
+class ModelConfig:
+    channels: list = _f([64, 128, 256, 512, 768, 1024])  # output channels of each block (report §2)
+    strides: list = _f([1, 2, 2, 2, 1, 1])          # per-block stride: 32→16→8→4 *(reading)*
+    stem_channels: int = _f(64, lo=1)               # 3×3 conv + BN + ReLU stem *(reading)*
+    num_k: int = _f(4, lo=1)                        # parallel 3×3 convolutions per block (Table 1)
+    reduction_factor: int = _f(4, lo=1)             # 1×1 bottleneck divides the width by this (Table 1)
+    gate: str = _f("softmax", choices=("softmax", "sigmoid"))  # how `a` is squashed *(reading)*
+    head_hidden: list = _f([])                      # hidden widths of the classifier MLP *(reading)*
+    dropout: float = _f(0.3, lo=0.0, hi=1.0)        # before the classifier's linear layer(s) (Table 1)
+    num_classes: int = _f(10, lo=2)
+    mix_impl: str = _f("auto", choices=("auto", "naive", "stacked", "kernel"))  # how Σ a_k·C_k is computed
+
+    @property
+    def num_blocks(self) -> int:  # Table 1's num_blocks = 6; derived so it cannot disagree
+        return len(self.channels)
+
+
+@dataclass
+class LossConfig:
+    name: str = _f("focal", choices=("focal", "ce"))  # "ce" is focal with gamma 0 and no class factors
+    gamma: float = _f(2.0, lo=0.0)                  # focusing parameter (Lin et al. 2017)
+    label_smoothing: float = _f(0.1, lo=0.0, hi=1.0)
+    class_factors: dict = _f({"bird": 1.1, "cat": 1.2, "deer": 1.05, "dog": 1.1})  # others 1.0
+
+
+@dataclass
+class OptimConfig:
+    # OneCycleLR overwrites the lr: it starts at max_lr / div_factor = 0.002, peaks at max_lr
+    # and ends at max_lr / (div_factor * final_div_factor). `lr` is kept as the report's value.
+    lr: float = _f(0.01, lo=0.0, lo_open=True)      # base learning rate (Table 1)
+    momentum: float = _f(0.9, lo=0.0, hi=1.0)       # Nesterov momentum (OneCycle cycles it 0.95→0.85→0.95)
+    nesterov: bool = True
+    weight_decay: float = _f(5e-4, lo=0.0)          # L2 via SGD's weight_decay
+    no_decay_norm_bias: bool = False                # exempt BatchNorm and bias params from decay (off: as the report)
+    max_lr: float = _f(0.05, lo=0.0, lo_open=True)  # OneCycle peak
+    pct_start: float = _f(0.15, lo=0.0, hi=1.0, lo_open=True)  # fraction of steps spent warming up
+    div_factor: float = _f(25.0, lo=1.0)            # initial lr = max_lr / div_factor
+    final_div_factor: float = _f(1e4, lo=1.0)       # final lr = initial lr / final_div_factor
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(200, lo=1)
+    patience: int = _f(20, lo=0)                    # early-stop after this many epochs without improvement; 0 = off
+    monitor: str = _f("test_acc", choices=("test_acc", "val_acc"))  # report: test_acc; sound: val_acc
+    seed: int = _f(0, lo=0)
+    device: str = _f("auto", choices=("auto", "cpu", "cuda", "mps"))
+    amp: str = _f("auto", choices=("auto", "off", "bf16", "fp16"))  # auto: bf16 on CUDA, off elsewhere
+    channels_last: bool = True
+    compile: bool = False                           # torch.compile the model (CUDA only pays off)
+    tta_flip: bool = False                          # average logits of image and its mirror at test time
+    stop_after: int = _f(0, lo=0)                   # end cleanly after this epoch, as if interrupted; 0 = never
+    num_threads: int = _f(0, lo=0)                  # CPU threads for torch; 0 = torch's default
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """Rebuild a config saved by ``to_dict``, validating every value."""
+        cfg = cls()
+        for section, values in d.items():
+            for key, value in values.items():
+                _set(cfg, f"{section}.{key}", value)
+        validate(cfg)
+        return cfg
+
+    def replace(self, overrides: Iterable[str] | dict = ()) -> "Config":
+        """A validated copy with dotted overrides applied."""
+        return apply_overrides(copy.deepcopy(self), overrides)
+
+
+# ---------------------------------------------------------------------------- presets
+
+def _seed() -> Config:
+    return Config()
+
+
+def _laptop() -> Config:
+    # A CPU run of minutes: the same model family and recipe, narrower and shorter.
+    # The training issue tunes these against the 10-minute budget (see BENCHMARKS.md).
+    return apply_overrides(Config(), {
+        "model.channels": [32, 64, 128, 256], "model.strides": [1, 2, 2, 2],
+        "model.stem_channels": 32, "data.batch_size": 256, "train.epochs": 10,
+        "train.patience": 0, "optim.max_lr": 0.1, "train.tta_flip": True,
+    })
+
+
+def _smoke() -> Config:
+    # Seconds: a small subset and a narrow model, enough to exercise every code path.
+    return apply_overrides(Config(), {
+        "data.train_subset": 1024, "data.test_subset": 512, "data.batch_size": 128,
+        "model.channels": [16, 32, 64], "model.strides": [1, 2, 2], "model.stem_channels": 16,
+        "train.epochs": 2, "train.patience": 0,
+    })
+
+
+PRESETS = {"seed": _seed, "laptop": _laptop, "smoke": _smoke}
+ENV_VAR = "HELPERS_PRESET"
+
+
+def get_preset(name: str, overrides: Iterable[str] | dict = ()) -> Config:
+    """A fresh config for preset ``name`` ("seed", "laptop" or "smoke"), with overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return apply_overrides(PRESETS[name](), overrides)
+
+
+def preset_from_env(default: str = "laptop", overrides: Iterable[str] | dict = ()) -> Config:
+    """The preset named by ``$HELPERS_PRESET`` (nbval sets it to "smoke"), else ``default``."""
+    return get_preset(preset_name_from_env(default), overrides)
+
+
+def preset_name_from_env(default: str = "laptop") -> str:
+    return os.environ.get(ENV_VAR, "").strip() or default
+
+
+# ---------------------------------------------------------------------------- overrides
+
+def apply_overrides(cfg: Config, overrides: Iterable[str] | dict = ()) -> Config:
+    """Apply ``"section.key=value"`` strings (or a ``{dotted key: value}`` dict) in place.
+
+    String values are parsed as Python literals (``5``, ``0.1``, ``[64, 128]``,
+    ``True``) and fall back to the raw string. Returns ``cfg`` after validation.
+    """
+    items = overrides.items() if isinstance(overrides, dict) else map(_split, overrides)
+    for key, value in items:
+        _set(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def _split(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {item!r} is not of the form section.key=value")
+    raw = raw.strip()
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip(), value
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    section, _, name = key.partition(".")
+    sub = getattr(cfg, section, None) if section in _SECTIONS else None
+    if sub is None or name not in _fields(type(sub)):
+        near = difflib.get_close_matches(key, all_keys(), n=3)
+        hint = f"did you mean {' or '.join(map(repr, near))}? " if near else ""
+        raise ValueError(f"unknown config key {key!r}; {hint}valid keys: {', '.join(all_keys())}")
+    setattr(sub, name, _coerce(key, value, _fields(type(sub))[name]))
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check ``value`` against the field's type; ints widen to floats, nothing else converts."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    ok = isinstance(value, typ) and not (typ in (int, float) and isinstance(value, bool))
+    if not ok:
+        raise ValueError(f"{key} must be of type {typ.__name__}, got {value!r} ({type(value).__name__})")
+    return copy.deepcopy(value)
+
+
+_SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def all_keys() -> list[str]:
+    return [f"{s}.{n}" for s in _SECTIONS
+            for n in _fields(typing.get_type_hints(Config)[s])]
+
+
+# ---------------------------------------------------------------------------- validation
+
+def validate(cfg: Config) -> Config:
+    """Raise ``ValueError`` naming the field and its allowed range for any bad value."""
+    for s in _SECTIONS:
+        sub = getattr(cfg, s)
+        for f in dataclasses.fields(sub):
+            _check_range(f"{s}.{f.name}", getattr(sub, f.name), f.metadata)
+    m = cfg.model
+    if len(m.strides) != len(m.channels):
+        raise ValueError(f"model.strides has {len(m.strides)} entries but model.channels has "
+                         f"{len(m.channels)}: give one stride per block")
+    for k, vals, lo in (("model.channels", m.channels, 1), ("model.strides", m.strides, 1),
+                        ("model.head_hidden", m.head_hidden, 1)):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= lo for v in vals):
+            raise ValueError(f"{k} must be a list of integers >= {lo}, got {vals!r}")
+    if not m.channels:
+        raise ValueError("model.channels must name at least one block")
+    for c in m.channels:
+        if c // m.reduction_factor < 1:
+            raise ValueError(f"model.reduction_factor={m.reduction_factor} leaves no bottleneck "
+                             f"channels for a block of width {c}")
+    for name, factor in cfg.loss.class_factors.items():
+        if name not in CLASSES:
+            raise ValueError(f"loss.class_factors: unknown class {name!r}; classes are {', '.join(CLASSES)}")
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 0:
+            raise ValueError(f"loss.class_factors[{name!r}] must be a number > 0, got {factor!r}")
+    if cfg.train.monitor == "val_acc" and cfg.data.val_size == 0:
+        raise ValueError("train.monitor='val_acc' needs data.val_size > 0 (e.g. data.val_size=5000)")
+    return cfg
+
+
+def _check_range(key: str, value: Any, meta: Any) -> None:
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    if lo is None and hi is None:
+        return
+    below = value <= lo if meta.get("lo_open") else value < lo if lo is not None else False
+    if below or (hi is not None and value > hi):
+        left = "(" if meta.get("lo_open") else "["
+        rng = f"{left}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
+        raise ValueError(f"{key}={value!r} is out of range: allowed {rng}")
