@@ -67,7 +67,8 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     xs, ys = xs.view(1, 1, W), ys.view(1, H, 1)
     # The grid maps each output pixel to where it samples the input: the inverse rotation.
     # (What F.affine_grid computes, without its batched matmul, which costs more than the sampling.)
-    grid = torch.stack([cos * xs - sin * ys, sin * xs + cos * ys], dim=-1)  # (B, H, W, 2)
+    # The [-1, 1] coordinates squash a non-square image to a square: scale by the aspect ratio.
+    grid = torch.stack([cos * xs - sin * ys * (H / W), sin * xs * (W / H) + cos * ys], dim=-1)  # (B, H, W, 2)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

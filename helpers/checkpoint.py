@@ -23,6 +23,12 @@ RESUME_SAFE = {"train.stop_after", "train.device", "train.compile", "train.num_t
                "data.root", "data.eval_batch_size"}
 
 
+def runs_dir() -> Path:
+    """Where run folders go: the project's ``runs/`` (from any working directory), else ``./runs``."""
+    project = Path(__file__).resolve().parents[1]
+    return project / "runs" if (project / "notebooks").is_dir() else Path("runs")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used; the message says which file and why."""
 
@@ -125,13 +131,23 @@ def git_commit(folder: Path | None = None) -> str:
 def provenance(device: torch.device) -> dict[str, Any]:
     """Versions, device and commit: what a result needs to be reproduced."""
     import torchvision
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {
-        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
         "python": platform.python_version(), "platform": platform.platform(),
         "device": str(device), "device_name": name, "threads": torch.get_num_threads(),
         "git_commit": git_commit(),
     }
+
+
+def _cpu_name() -> str:
+    try:  # Linux names the CPU model here; elsewhere platform's answer is the best we have
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def write_json(path: Path, obj: Any) -> None:

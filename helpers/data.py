@@ -95,7 +95,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Only what a CIFAR batch needs (numpy arrays); a pickle is code, so refuse the rest."""
 
     def find_class(self, module: str, name: str):
-        if module.split(".")[0] == "numpy" and name in ("_reconstruct", "ndarray", "dtype", "scalar"):
+        if (module.split(".")[0] == "numpy" and name in ("_reconstruct", "ndarray", "dtype", "scalar")
+                or (module, name) == ("_codecs", "encode")):  # Python 3's protocol-2 bytes
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
 

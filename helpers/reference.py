@@ -85,5 +85,7 @@ def images_per_second(batches: Iterable, num_batches: int, warmup: int = 2) -> f
     for _ in range(num_batches):
         xb, _ = next(it)
         n += len(xb)
+    if xb.is_cuda:  # CUDA work is asynchronous: wait for it before reading the clock
+        torch.cuda.synchronize(xb.device)
     return n / (time.perf_counter() - t0)
 

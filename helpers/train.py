@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .augment import BatchAugment
-from .checkpoint import (CheckpointError, check_compatible, load_checkpoint, provenance, rng_state,
+from .checkpoint import (CheckpointError, check_compatible, load_checkpoint, provenance, rng_state, runs_dir,
                          save_checkpoint, set_rng_state, write_json, atomic_write_bytes,
                          atomic_write_text)
 from .config import Config, get_preset, PRESETS, apply_overrides
@@ -298,7 +298,7 @@ def _parser():
                         "default: seed on a GPU, laptop on a CPU")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.epochs=5 (repeatable)")
-    p.add_argument("--out", help="run folder (default: runs/<preset>)")
+    p.add_argument("--out", help="run folder (default: the project's runs/<preset>)")
     p.add_argument("--resume", help="continue the run in this folder (or from this checkpoint)")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default: data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 why = "a GPU is present" if name == "seed" else "no GPU was found"
                 print(f"Preset: {name} (default, because {why}; choose with --preset)")
             cfg = get_preset(name, overrides)
-            out = Path(args.out or f"runs/{name}")
+            out = Path(args.out) if args.out else runs_dir() / name
             if (out / "last.pt").exists():
                 p.error(f"{out} already holds a run: continue it with --resume {out}, "
                         "or choose another --out")

@@ -1,0 +1,184 @@
+"""fit, checkpoints, resume and the command line, on a tiny slice of the smoke preset."""
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import helpers.train as train_mod
+from helpers.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
+from helpers.config import get_preset
+from helpers.data import CIFAR10, load_cifar10
+from helpers.train import fit, main
+
+# Smaller than smoke so the several runs below take seconds: 4 steps an epoch.
+TINY = ["data.train_subset=512", "data.test_subset=256", "train.epochs=3", "train.num_threads=1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> Path:
+    root = Path(__file__).resolve().parents[1] / "data"
+    if not (root / "cifar-10-batches-py").is_dir():
+        pytest.skip("CIFAR-10 is not in data/: run `make data` first")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(data_dir) -> CIFAR10:
+    return load_cifar10(data_dir)
+
+
+def _cfg(*extra: str):
+    return get_preset("smoke", [*TINY, *extra])
+
+
+def _strip_time(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "time"} for h in history]
+
+
+def test_fit_writes_a_complete_run_folder(data, tmp_path):
+    r = fit(_cfg(), data, out_dir=tmp_path, progress=False, log=lambda s: None)
+    assert r.status == "completed" and len(r.history) == 3
+    for name in ("run.json", "history.json", "history.csv", "last.pt", "best.pt", "report.txt", "curves.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    run = json.loads((tmp_path / "run.json").read_text())
+    for key in ("config", "seed", "torch", "torchvision", "device", "git_commit"):
+        assert key in run
+    assert run["config"]["train"]["epochs"] == 3
+    assert json.loads((tmp_path / "history.json").read_text()) == r.history
+    report = (tmp_path / "report.txt").read_text()
+    assert report.startswith("Epoch 3/3 runtime was: ") and "Accuracy of cat: " in report
+    assert set(r.per_class) == set(data.classes)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 3 and ckpt["step"] == 0
+
+
+def test_same_seed_same_numbers_on_cpu(data):
+    a = fit(_cfg("train.epochs=2"), data, progress=False, log=lambda s: None)
+    b = fit(_cfg("train.epochs=2"), data, progress=False, log=lambda s: None)
+    assert _strip_time(a.history) == _strip_time(b.history)
+
+
+def test_resume_after_stop_after_equals_uninterrupted(data, tmp_path):
+    full = fit(_cfg(), data, progress=False, log=lambda s: None)
+    part = fit(_cfg("train.stop_after=1"), data, out_dir=tmp_path, progress=False, log=lambda s: None)
+    assert part.status == "stop_after" and len(part.history) == 1
+    rest = fit(_cfg(), data, out_dir=tmp_path, resume=tmp_path, progress=False, log=lambda s: None)
+    assert rest.status == "completed"
+    assert _strip_time(rest.history) == _strip_time(full.history)
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(data, tmp_path, monkeypatch):
+    full = fit(_cfg(), data, progress=False, log=lambda s: None)
+    calls = {"n": 0}
+    real_step = train_mod.train_step
+
+    def step_then_ctrl_c(*a, **kw):  # Ctrl-C arrives during the 6th step (epoch 2, step 2)
+        calls["n"] += 1
+        if calls["n"] == 6:
+            signal.raise_signal(signal.SIGINT)
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "train_step", step_then_ctrl_c)
+    part = fit(_cfg(), data, out_dir=tmp_path, progress=False, log=lambda s: None)
+    assert part.status == "interrupted" and len(part.history) == 1
+    ckpt = load_checkpoint(tmp_path)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 2)
+    monkeypatch.setattr(train_mod, "train_step", real_step)
+    rest = fit(_cfg(), data, out_dir=tmp_path, resume=tmp_path, progress=False, log=lambda s: None)
+    assert _strip_time(rest.history) == _strip_time(full.history)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
+    real_step = train_mod.train_step
+    calls = {"n": 0}
+
+    def nan_in_epoch_2(*a, **kw):
+        calls["n"] += 1
+        loss, logits = real_step(*a, **kw)
+        return (loss * float("nan") if calls["n"] > 4 else loss), logits
+
+    monkeypatch.setattr(train_mod, "train_step", nan_in_epoch_2)
+    lines = []
+    r = fit(_cfg(), data, out_dir=tmp_path, progress=False, log=lines.append)
+    assert r.status == "diverged" and len(r.history) == 1
+    assert any("NaN/inf" in line for line in lines)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+
+
+def test_resume_with_incompatible_config_names_the_mismatch(data, tmp_path):
+    fit(_cfg("train.stop_after=1"), data, out_dir=tmp_path, progress=False, log=lambda s: None)
+    with pytest.raises(CheckpointError, match=r"model.channels: checkpoint \[16, 32, 64\], config \[8, 16, 32\]"):
+        fit(_cfg("model.channels=[8, 16, 32]"), data, resume=tmp_path, progress=False, log=lambda s: None)
+
+
+def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    class Evil:  # an object whose unpickling would run code
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"model": {}, "config": {}, "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_atomic_write_keeps_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "config": {}})
+    before = path.read_bytes()
+
+    def crash(*a, **kw):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", crash)
+    with pytest.raises(OSError):
+        atomic_write_bytes(path, b"torn")
+    assert path.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+def test_cli_smoke_run_and_resume(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--preset", "smoke", "--out", str(out), "--data-dir", str(data_dir), "--no-progress",
+            *[a for t in TINY for a in ("--set", t)]]
+    assert main([*args, "--set", "train.stop_after=1"]) == 0
+    assert "Stopping after epoch 1" in capsys.readouterr().out
+    assert main(["--resume", str(out), "--no-progress"]) == 0
+    assert len(json.loads((out / "history.json").read_text())) == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "nope"], "invalid choice"),
+    (["--set", "train.epochz=3"], "did you mean 'train.epochs'"),
+    (["--set", "optim.max_lr=-1"], "out of range"),
+    (["--set", "novalue"], "not of the form"),
+    (["--resume", "/nonexistent/run"], "no checkpoint at"),
+])
+def test_cli_bad_arguments_are_usage_errors_not_tracebacks(argv, message, capsys, tmp_path):
+    try:
+        code = main([*argv, "--out", str(tmp_path / "r"), "--no-progress"])
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_cli_refuses_to_overwrite_a_run(data_dir, tmp_path, capsys):
+    (tmp_path / "last.pt").write_bytes(b"x")
+    with pytest.raises(SystemExit) as e:
+        main(["--preset", "smoke", "--out", str(tmp_path), "--data-dir", str(data_dir)])
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
