@@ -11,6 +11,8 @@ OneCycle, LR range test), ``engine`` (device, one step, prediction), ``train``
 (``fit``, the command line), ``checkpoint`` (run folders), ``analysis``,
 ``plots`` and ``widgets``.
 """
+from .analysis import (Predictions, confusion_matrix, expected_calibration_error, load_run_model,
+                       per_class_metrics, predictions)
 from .augment import BatchAugment, denormalize, normalize
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import CLASSES, Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig, \
@@ -23,6 +25,8 @@ from .optim import build_optimizer, build_scheduler, lr_range_test
 from .train import FitResult, fit
 
 __all__ = [
+    "Predictions", "confusion_matrix", "expected_calibration_error", "load_run_model",
+    "per_class_metrics", "predictions",
     "BatchAugment", "denormalize", "normalize",
     "CheckpointError", "load_checkpoint",
     "CLASSES", "Config", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig", "TrainConfig",

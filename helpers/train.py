@@ -159,8 +159,10 @@ def fit(cfg: Config, data: CIFAR10 | None = None, out_dir: str | Path | None = N
             skip, partial, start_step = start_step, None, 0
             bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}", leave=False,
                        disable=not progress, initial=skip)
-            loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
-            correct = torch.zeros((), device=device)
+            # Summed on the device (no sync per step), starting from a resumed epoch's partial sums
+            # so the additions happen in the same order as in an uninterrupted run.
+            loss_sum = torch.tensor(acc["loss"], device=device)
+            correct = torch.tensor(acc["correct"], device=device)
             step = 0
             for step, (xb, yb) in enumerate(batches, start=1):
                 if step <= skip:
@@ -180,8 +182,7 @@ def fit(cfg: Config, data: CIFAR10 | None = None, out_dir: str | Path | None = N
                 if interrupt.requested:
                     break
             bar.close()
-            acc["loss"] += float(loss_sum)
-            acc["correct"] += float(correct)
+            acc["loss"], acc["correct"] = float(loss_sum), float(correct)
             acc["time"] += time.perf_counter() - t0
             if status == "diverged":
                 log(f"Stopped: the training loss became NaN/inf in epoch {epoch + 1}. "
