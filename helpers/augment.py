@@ -102,18 +102,15 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate each image's hue by its own ``shift`` (B,) in turns, via HSV as torchvision does."""
     r, g, b = x.unbind(1)
     maxc = torch.maximum(torch.maximum(r, g), b)  # (B, H, W): the value V (faster than x.max(1))
-    minc = torch.minimum(torch.minimum(r, g), b)
-    delta = maxc - minc
-    s = delta / torch.where(maxc == 0, 1.0, maxc)  # saturation
-    dc = torch.where(delta == 0, 1.0, delta)
-    h = torch.where(maxc == r, (g - b) / dc,
-                    torch.where(maxc == g, 2.0 + (b - r) / dc, 4.0 + (r - g) / dc))  # sextants, in [-1, 5)
-    h6 = _mod6(h + 6.0 * shift.view(-1, 1, 1)).unsqueeze(1)  # (B, 1, H, W) in [0, 6)
-    # HSV → RGB in closed form: channel n ∈ (R 5, G 3, B 1) is V·(1 − S·clamp(min(k, 4 − k), 0, 1)),
+    delta = maxc - torch.minimum(torch.minimum(r, g), b)  # V·S, the chroma
+    dc = torch.where(delta == 0, 1.0, delta)  # grey pixels: any hue, their chroma is 0
+    # Hue in sextants (one unit = 60°), from whichever channel is the max; one division, not three.
+    num = torch.where(maxc == r, g - b, torch.where(maxc == g, b - r + 2 * dc, r - g + 4 * dc))
+    h6 = (num / dc + 6.0 * shift.view(-1, 1, 1)).unsqueeze(1)  # (B, 1, H, W), shifted
+    # HSV → RGB in closed form: channel n ∈ (R 5, G 3, B 1) is V − V·S·clamp(min(k, 4 − k), 0, 1),
     # k = (n + 6h) mod 6. Equal to torchvision's six-case (v, p, q, t) table, without a gather.
-    n = x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
-    k = _mod6(n + h6)  # (B, 3, H, W)
-    return maxc.unsqueeze(1) * (1 - s.unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp(0, 1))
+    k = _mod6(h6 + x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1))  # (B, 3, H, W)
+    return maxc.unsqueeze(1) - delta.unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp(0, 1)
 
 
 # ---------------------------------------------------------------------------- the pipeline

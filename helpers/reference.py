@@ -61,7 +61,7 @@ def seed_loader(x: torch.Tensor, y: torch.Tensor, cfg: DataConfig, mean: Sequenc
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     ds = CIFAR10Images(x, y, train_transform(cfg, mean, std))
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
-                        drop_last=cfg.drop_last, persistent_workers=workers > 0,
+                        drop_last=cfg.drop_last,
                         generator=torch.Generator().manual_seed(seed))
     mix = batch_mixer(cfg)
 
