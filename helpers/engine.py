@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable, Sequence
 
 import torch
@@ -32,10 +33,26 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.amp`` on ``device`` (None = full fp32)."""
+    """The autocast dtype for ``train.amp`` on ``device`` (None = full fp32).
+
+    "auto" is bf16 on CUDA and on CPUs with native bf16 arithmetic (AVX-512 BF16 or
+    AMX), where it runs about twice as fast as fp32; elsewhere (emulated bf16 is
+    slower than fp32) and on MPS it is off.
+    """
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else None
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (read from Linux's CPU flags)."""
+    try:
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    except OSError:  # not Linux: no cheap way to tell, so stay with fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

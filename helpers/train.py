@@ -127,7 +127,9 @@ def fit(cfg: Config, data: CIFAR10 | None = None, out_dir: str | Path | None = N
         set_rng_state(state["rng"], batches.generator, aug.generator)
         history, best = state["history"], state["best"]
         start_epoch, start_step, partial = state["epoch"], state["step"], state["partial"]
-        log(f"Resumed from {resume} at epoch {start_epoch + 1}, step {start_step}")
+        log(f"Resumed from {resume} at epoch {start_epoch + 1}, step {start_step}"
+            if start_epoch < tc.epochs else
+            f"Reloaded {resume}: all {tc.epochs} epochs are done (delete the folder to train again)")
 
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
