@@ -17,7 +17,6 @@ are more trustworthy than the absolute numbers.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from helpers.checkpoint import provenance  # noqa: E402
 from helpers.config import get_preset  # noqa: E402
 from helpers.model import MixingNet, build_model, count_params  # noqa: E402
 
@@ -138,13 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     model = build_model(get_preset(args.preset).model).to(device)
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = provenance(device)["device_name"]
     print(f"torch {torch.__version__} | {device.type}: {name} | {torch.get_num_threads()} CPU threads | "
           f"preset {args.preset} | batch {args.batch} | "
           f"{'NCHW' if args.no_channels_last else 'channels_last'} | fp32")
     print(f"parameters: {count_params(model):,}")
     flops = {impl: forward_flops(model, device, impl) for impl in dict.fromkeys(["naive"] + impls)}
-    nominal = flops["naive"]
     for impl, f in flops.items():
         print(f"forward FLOPs/image ({impl}): {f / 1e9:.3f} G" + ("  <- nominal" if impl == "naive" else ""))
     peak = matmul_peak(device)

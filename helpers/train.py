@@ -9,7 +9,6 @@ loss and accuracy, a checkpoint, early stopping.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
@@ -19,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
