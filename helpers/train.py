@@ -88,6 +88,9 @@ def fit(cfg: Config, data: CIFAR10 | None = None, out_dir: str | Path | None = N
     """
     log = log or tqdm.write
     tc = cfg.train
+    if out_dir is not None and resume is None and (Path(out_dir) / "last.pt").exists():
+        raise ValueError(f"{out_dir} already holds a run: continue it with resume={str(out_dir)!r}, "
+                         "or choose another out_dir (runs are never overwritten)")
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     device = pick_device(tc.device)

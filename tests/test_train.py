@@ -182,3 +182,11 @@ def test_cli_refuses_to_overwrite_a_run(data_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--preset", "smoke", "--out", str(tmp_path), "--data-dir", str(data_dir)])
     assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_fit_never_overwrites_a_run(data, tmp_path):
+    fit(_cfg("train.stop_after=1"), data, out_dir=tmp_path, progress=False, log=lambda s: None)
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match="already holds a run"):
+        fit(_cfg(), data, out_dir=tmp_path, progress=False, log=lambda s: None)
+    assert (tmp_path / "last.pt").read_bytes() == before
