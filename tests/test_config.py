@@ -23,7 +23,7 @@ def test_defaults_are_table_1():
     assert m.num_blocks == 6
     assert m.channels == [64, 128, 256, 512, 768, 1024]
     assert m.strides == [1, 2, 2, 2, 1, 1]
-    assert m.stem_channels == 64
+    assert m.stem_channels == 64 and m.stem_stride == 1  # full resolution (reading)
     assert m.num_k == 4 and m.reduction_factor == 4
     assert m.gate == "softmax"
     assert m.dropout == 0.3

@@ -131,6 +131,18 @@ def test_shapes_and_mix_weights():
     assert all(((a > 0) & (a < 1)).all() for a in mix)
 
 
+def test_stem_stride_halves_resolution():
+    x = torch.randn(2, 3, 16, 16)
+    assert small_net().eval().forward_features(x).shape == (2, 16, 4, 4)
+    net = small_net(stem_stride=2).eval()
+    assert net.stem(x).shape == (2, 6, 8, 8)            # the stem alone: 16 → 8
+    assert net.forward_features(x).shape == (2, 16, 2, 2)  # then strides 1, 2, 2: 8 → 2
+    cfg = get_preset("smoke", {"model.stem_stride": 2}).model
+    assert build_model(cfg).stem.conv.stride == (2, 2)
+    with pytest.raises(ValueError, match="stem_stride"):
+        get_preset("smoke", {"model.stem_stride": 3})
+
+
 def test_build_model_seed_config():
     cfg = get_preset("seed").model
     net = build_model(cfg)
