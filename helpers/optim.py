@@ -189,15 +189,19 @@ def lr_range_test(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Op
 def suggest_lr(result: dict[str, Any], skip_start: int = 5, skip_end: int = 3) -> float:
     """The lr where the smoothed loss falls fastest per decade of lr (a heuristic, not a rule).
 
-    Looks between ``skip_start`` steps from the start and ``skip_end`` steps before the
-    end (the first steps are noisy, the last ones are already diverging). Falls back to
-    ``lr_at_min_loss / 10`` when the curve is too short. Smith's rule of thumb for OneCycle's
-    max_lr is a value a little below where the loss is still falling steeply.
+    Looks between ``skip_start`` steps from the start and the lowest loss, at most
+    ``skip_end`` steps before the end (the first steps are noisy; past the minimum the run
+    is diverging, and a loss falling back after a blow-up is not a good lr). Falls back to
+    ``lr_at_min_loss / 10`` (at least the first lr tried) when that part is too short.
+    Smith's rule of thumb for OneCycle's max_lr is a value a little below where the loss
+    is still falling steeply.
     """
     lrs, losses = result["lr"], result["loss"]
-    lo, hi = skip_start, len(lrs) - skip_end
-    if hi - lo < 3:
-        return result["lr_at_min_loss"] / 10
+    finite = [i for i, v in enumerate(losses) if math.isfinite(v)]
+    i_min = min(finite, key=losses.__getitem__) if finite else len(lrs)
+    lo, hi = skip_start, min(len(lrs) - skip_end, i_min + 1)
+    if hi - lo < 3:  # too few points before the minimum: a decade below it, inside the tested range
+        return max(result["lr_at_min_loss"] / 10, lrs[0]) if lrs else math.nan
     slopes = [(losses[i + 1] - losses[i - 1]) / (math.log10(lrs[i + 1]) - math.log10(lrs[i - 1]))
               for i in range(lo + 1, hi - 1)]  # central differences in log10(lr)
     i = min(range(len(slopes)), key=slopes.__getitem__)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import signal
 import sys
@@ -136,7 +137,13 @@ def fit(cfg: Config, data: CIFAR10 | None = None, out_dir: str | Path | None = N
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "run.json", meta)
+        if resume is None or not (out / "run.json").exists():
+            write_json(out / "run.json", meta)
+        elif start_epoch < tc.epochs:  # keep the original provenance; record where each resume ran
+            saved = json.loads((out / "run.json").read_text())
+            saved.setdefault("resumes", []).append(
+                {"epoch": start_epoch, "step": start_step, **provenance(device)})
+            write_json(out / "run.json", saved)
 
     def checkpoint(epoch: int, step: int, acc: dict | None, name: str = "last.pt",
                    order_state: torch.Tensor | None = None) -> None:

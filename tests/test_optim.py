@@ -186,3 +186,15 @@ def test_suggest_lr_finds_the_steepest_descent():
     assert suggest_lr(result) == pytest.approx(1e-3)
     short = {"lr": lrs[:5], "loss": losses[:5], "lr_at_min_loss": 1e-3}
     assert suggest_lr(short) == pytest.approx(1e-4)
+
+
+def test_suggest_lr_ignores_the_fall_after_a_blow_up():
+    # Falls gently around i = 20 to its minimum at i = 29, blows up, then falls back
+    # much faster (i = 40): a real LR range test without divergence stop did this.
+    lrs = [10 ** (-5 + i * 0.1) for i in range(50)]
+    losses = [2.0 - 0.5 * math.tanh((i - 20) / 3) - 0.01 * i if i < 30 else 5.0 - 3 * math.tanh((i - 40) / 2)
+              for i in range(50)]
+    i_min = min(range(50), key=losses.__getitem__)
+    assert i_min == 29
+    result = {"lr": lrs, "loss": losses, "lr_at_min_loss": lrs[i_min]}
+    assert suggest_lr(result) == pytest.approx(1e-3)

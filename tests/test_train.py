@@ -66,9 +66,16 @@ def test_resume_after_stop_after_equals_uninterrupted(data, tmp_path):
     full = fit(_cfg(), data, progress=False, log=lambda s: None)
     part = fit(_cfg("train.stop_after=1"), data, out_dir=tmp_path, progress=False, log=lambda s: None)
     assert part.status == "stop_after" and len(part.history) == 1
+    first = json.loads((tmp_path / "run.json").read_text())
     rest = fit(_cfg(), data, out_dir=tmp_path, resume=tmp_path, progress=False, log=lambda s: None)
     assert rest.status == "completed"
     assert _strip_time(rest.history) == _strip_time(full.history)
+    # run.json keeps the first call's provenance and records the resume after it
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert {k: v for k, v in run.items() if k != "resumes"} == first
+    assert [r["epoch"] for r in run["resumes"]] == [1] and "git_commit" in run["resumes"][0]
+    fit(_cfg(), data, out_dir=tmp_path, resume=tmp_path, progress=False, log=lambda s: None)  # reload only
+    assert json.loads((tmp_path / "run.json").read_text()) == run
 
 
 def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(data, tmp_path, monkeypatch):
