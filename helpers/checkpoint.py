@@ -79,12 +79,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def config_mismatches(saved: dict, cfg: Config, allowed: set[str] = RESUME_SAFE) -> list[str]:
-    """``"key: checkpoint X, config Y"`` for each field that differs, outside ``allowed``."""
-    now = cfg.to_dict()
+    """``"key: checkpoint X, config Y"`` for each field that differs, outside ``allowed``.
+
+    A field the checkpoint does not have (added to the config after it was made) is
+    compared through its default, which is what the older code behaved as.
+    """
+    now, default = cfg.to_dict(), Config().to_dict()
     out = []
-    for section, values in saved.items():
-        for key, value in values.items():
+    for section in dict.fromkeys([*saved, *now]):
+        for key in dict.fromkeys([*saved.get(section, {}), *now.get(section, {})]):
             dotted = f"{section}.{key}"
+            value = saved.get(section, {}).get(key, default.get(section, {}).get(key, "<absent>"))
             current = now.get(section, {}).get(key, "<absent>")
             if dotted not in allowed and current != value:
                 out.append(f"{dotted}: checkpoint {value!r}, config {current!r}")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import helpers.train as train_mod
-from helpers.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
+from helpers.checkpoint import (CheckpointError, atomic_write_bytes, check_compatible, config_mismatches,
+                                load_checkpoint, save_checkpoint)
 from helpers.config import get_preset
 from helpers.data import CIFAR10, load_cifar10
 from helpers.train import fit, main
@@ -120,6 +121,14 @@ def test_resume_with_incompatible_config_names_the_mismatch(data, tmp_path):
     fit(_cfg("train.stop_after=1"), data, out_dir=tmp_path, progress=False, log=lambda s: None)
     with pytest.raises(CheckpointError, match=r"model.channels: checkpoint \[16, 32, 64\], config \[8, 16, 32\]"):
         fit(_cfg("model.channels=[8, 16, 32]"), data, resume=tmp_path, progress=False, log=lambda s: None)
+
+
+def test_a_field_newer_than_the_checkpoint_is_compared_through_its_default():
+    saved = get_preset("smoke").to_dict()
+    del saved["model"]["stem_stride"]          # a checkpoint written before the field existed
+    assert config_mismatches(saved, get_preset("smoke")) == []  # default 1: what the old code did
+    with pytest.raises(CheckpointError, match=r"model.stem_stride: checkpoint 1, config 2"):
+        check_compatible({"config": saved}, get_preset("smoke", {"model.stem_stride": 2}))
 
 
 def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
