@@ -84,16 +84,13 @@ def config_mismatches(saved: dict, cfg: Config, allowed: set[str] = RESUME_SAFE)
     A field the checkpoint does not have (added to the config after it was made) is
     compared through its default, which is what the older code behaved as.
     """
-    now, default = cfg.to_dict(), Config().to_dict()
-    out = []
-    for section in dict.fromkeys([*saved, *now]):
-        for key in dict.fromkeys([*saved.get(section, {}), *now.get(section, {})]):
-            dotted = f"{section}.{key}"
-            value = saved.get(section, {}).get(key, default.get(section, {}).get(key, "<absent>"))
-            current = now.get(section, {}).get(key, "<absent>")
-            if dotted not in allowed and current != value:
-                out.append(f"{dotted}: checkpoint {value!r}, config {current!r}")
-    return out
+    def flat(d: dict) -> dict:
+        return {f"{section}.{key}": v for section, values in d.items() for key, v in values.items()}
+
+    now = flat(cfg.to_dict())
+    saved = {**flat(Config().to_dict()), **flat(saved)}  # every current field, defaults filling the gaps
+    return [f"{key}: checkpoint {value!r}, config {now.get(key, '<absent>')!r}"
+            for key, value in saved.items() if key not in allowed and now.get(key, "<absent>") != value]
 
 
 def check_compatible(state: dict, cfg: Config, path: str | Path = "checkpoint",

@@ -118,7 +118,8 @@ def fit(cfg: Config, data: CIFAR10 | None = None, out_dir: str | Path | None = N
     history: list[dict] = []
     best = {"metric": -math.inf, "epoch": 0, "since": 0}
     start_epoch, start_step, partial = 0, 0, None
-    meta = {"config": cfg.to_dict(), "seed": tc.seed, "mean": mean, "std": std, **provenance(device)}
+    prov = provenance(device)
+    meta = {"config": cfg.to_dict(), "seed": tc.seed, "mean": mean, "std": std, **prov}
     if resume is not None:
         state = load_checkpoint(resume, map_location=device)
         check_compatible(state, cfg, resume)
@@ -137,13 +138,13 @@ def fit(cfg: Config, data: CIFAR10 | None = None, out_dir: str | Path | None = N
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        if resume is None or not (out / "run.json").exists():
-            write_json(out / "run.json", meta)
+        run_json = out / "run.json"
+        if resume is None or not run_json.exists():
+            write_json(run_json, meta)
         elif start_epoch < tc.epochs:  # keep the original provenance; record where each resume ran
-            saved = json.loads((out / "run.json").read_text())
-            saved.setdefault("resumes", []).append(
-                {"epoch": start_epoch, "step": start_step, **provenance(device)})
-            write_json(out / "run.json", saved)
+            saved = json.loads(run_json.read_text())
+            saved.setdefault("resumes", []).append({"epoch": start_epoch, "step": start_step, **prov})
+            write_json(run_json, saved)
 
     def checkpoint(epoch: int, step: int, acc: dict | None, name: str = "last.pt",
                    order_state: torch.Tensor | None = None) -> None:
