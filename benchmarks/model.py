@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/model.py                       # seed model, batch 128, ~1-3 min on 2 cores
     .venv/bin/python benchmarks/model.py --preset smoke --rounds 1 --steps 1   # seconds
+    .venv/bin/python benchmarks/model.py --preset laptop --amp bf16 --no-channels-last --per-block
 
 Prints on the current device: parameter count; forward FLOPs per image
 (``torch.utils.flop_counter``; the nominal count is the naive path's, the one the
@@ -29,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from helpers.checkpoint import provenance  # noqa: E402
 from helpers.config import get_preset  # noqa: E402
+from helpers.engine import amp_dtype, autocast  # noqa: E402
 from helpers.model import MixingNet, build_model, count_params  # noqa: E402
 
 
@@ -60,7 +62,8 @@ def _sync(device: torch.device) -> None:
 
 
 def time_training(model: MixingNet, impls: list[str], batch: int, steps: int, rounds: int,
-                  device: torch.device, channels_last: bool) -> dict[str, list[float]]:
+                  device: torch.device, channels_last: bool, amp: torch.dtype | None = None
+                  ) -> dict[str, list[float]]:
     """Images/s of ``steps`` SGD steps, per impl per round, impls interleaved within each round."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.train().to(device, memory_format=fmt)
@@ -70,7 +73,9 @@ def time_training(model: MixingNet, impls: list[str], batch: int, steps: int, ro
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with autocast(device, amp):
+            logits = model(x)
+        F.cross_entropy(logits.float(), y).backward()
         opt.step()
 
     for impl in impls:  # warm-up: first-call allocations and oneDNN kernel selection
@@ -91,7 +96,7 @@ def time_training(model: MixingNet, impls: list[str], batch: int, steps: int, ro
 
 
 def time_blocks(model: MixingNet, impls: list[str], batch: int, rounds: int, device: torch.device,
-                channels_last: bool) -> None:
+                channels_last: bool, amp: torch.dtype | None = None) -> None:
     """Print each block's forward + backward ms per impl (best of ``rounds``, impls interleaved)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.train().to(device, memory_format=fmt)
@@ -111,7 +116,9 @@ def time_blocks(model: MixingNet, impls: list[str], batch: int, rounds: int, dev
                 block.mix.impl = impl
                 _sync(device)
                 t = time.perf_counter()
-                block(x).sum().backward()
+                with autocast(device, amp):
+                    y = block(x)
+                y.float().sum().backward()
                 _sync(device)
                 if r:
                     best[impl] = min(best[impl], time.perf_counter() - t)
@@ -130,18 +137,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     p.add_argument("--no-channels-last", action="store_true", help="time NCHW instead of channels_last")
     p.add_argument("--per-block", action="store_true", help="also time each block alone under every impl")
+    p.add_argument("--amp", default="off", choices=("off", "bf16"), help="autocast dtype of the timed steps")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     impls = args.impls.split(",")
+    amp = amp_dtype(args.amp, device)
     torch.manual_seed(0)
     model = build_model(get_preset(args.preset).model).to(device)
 
     name = provenance(device)["device_name"]
     print(f"torch {torch.__version__} | {device.type}: {name} | {torch.get_num_threads()} CPU threads | "
           f"preset {args.preset} | batch {args.batch} | "
-          f"{'NCHW' if args.no_channels_last else 'channels_last'} | fp32")
+          f"{'NCHW' if args.no_channels_last else 'channels_last'} | {'fp32' if amp is None else 'bf16 autocast'}")
     print(f"parameters: {count_params(model):,}")
     flops = {impl: forward_flops(model, device, impl) for impl in dict.fromkeys(["naive"] + impls)}
     for impl, f in flops.items():
@@ -149,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     peak = matmul_peak(device)
     print(f"fp32 matmul peak (2048², best of 10): {peak:.0f} GFLOP/s")
 
-    rates = time_training(model, impls, args.batch, args.steps, args.rounds, device, not args.no_channels_last)
+    rates = time_training(model, impls, args.batch, args.steps, args.rounds, device, not args.no_channels_last, amp)
     # Median: the typical round. Best: the least-disturbed round, the usual estimate of what the
     # code can do when other jobs share the CPU. Speed-ups are given for both.
     print(f"\n{'':>8} {'median':>30} | {'best round':>30}")
@@ -166,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     print("(GFLOP/s: each implementation's own executed FLOPs, 3× forward per training image)")
     if args.per_block:
         time_blocks(model, ["naive", "stacked", "kernel"], args.batch, args.rounds, device,
-                    not args.no_channels_last)
+                    not args.no_channels_last, amp)
 
 
 if __name__ == "__main__":

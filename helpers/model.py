@@ -21,7 +21,8 @@ A mixing block (the course design plus the report's additions, see
   grouped convolution (groups = images): about K× fewer convolution FLOPs, but the
   B per-image kernels must be written and read, which is cheap only where the
   feature map is large compared with the kernel (CondConv / Dynamic Convolution).
-* ``auto``    — per block and per device, the one measured fastest (``KERNEL_MIN_HW``).
+* ``auto``    — per block and per device, the one measured fastest (``KERNEL_MIN_HW``,
+  ``STACKED_MAX_OUT``).
 """
 from __future__ import annotations
 
@@ -36,27 +37,33 @@ from .config import ModelConfig
 
 MIX_IMPLS = ("naive", "stacked", "kernel")
 
-# "auto" → impl, per device type, as a function of the block's output size (H·W).
+# "auto" → impl, per device type, from the block's output size (H·W) and K·C_out.
 # CPU (2-core AMD EPYC, torch 2.14, batch 128, fwd+bwd, channels_last; BENCHMARKS.md
 # "Model (issue 3)"): kernel mixing wins 1.3–2.6× at 32×32, 16×16 and 8×8 outputs, where
 # each per-image kernel is reused over ≥ 64 positions, and loses 3.5–6× at 4×4, where writing
 # and reading B per-image kernels (1.2 GB for the seed model's last block at batch 128,
-# fp32) costs more than the K× FLOPs it saves, while naive's K shared-weight GEMMs run
-# near the CPU's matmul peak.
+# fp32) costs more than the K× FLOPs it saves. There, one GEMM with K·C_out outputs
+# ("stacked") beats K GEMMs ("naive") while its (B, K·C_out, H, W) output stays small:
+# 1.1–1.4× at K·C_out = 1024 in fp32 and bf16, but 1.1–1.5× slower at 3072–4096
+# (BENCHMARKS.md, "Training (issue 5)").
 # CUDA: unmeasured here; grouped-conv kernel mixing is the usual winner at batch 128
 # (a GPU has ~50× a CPU's memory bandwidth), so "kernel" everywhere is the reasoned default.
 KERNEL_MIN_HW = {"cpu": 64, "cuda": 1}   # smallest H_out·W_out at which "kernel" is chosen
-AUTO_FALLBACK = "naive"                  # below that size, or on devices not listed
+STACKED_MAX_OUT = {"cpu": 1024}          # below that size, "stacked" up to this K·C_out, else:
+AUTO_FALLBACK = "naive"                  # larger blocks, and devices not listed
 # Images per grouped convolution in "kernel". On CPU, 32 keeps a chunk's mixed kernels
 # near the caches (measured 2× faster than the whole batch at 16×16→8×8); a GPU wants one launch.
 KERNEL_CHUNK = {"cpu": 32}
 
 
-def resolve_mix_impl(name: str, device_type: str, out_hw: int) -> str:
-    """The concrete implementation ``name`` stands for on ``device_type`` at output size ``out_hw``."""
+def resolve_mix_impl(name: str, device_type: str, out_hw: int, stacked_out: int) -> str:
+    """The implementation ``name`` stands for on ``device_type``, for a block whose
+    output has ``out_hw`` pixels and whose stacked convolution would have ``stacked_out`` = K·C_out outputs."""
     if name != "auto":
         return name
-    return "kernel" if out_hw >= KERNEL_MIN_HW.get(device_type, math.inf) else AUTO_FALLBACK
+    if out_hw >= KERNEL_MIN_HW.get(device_type, math.inf):
+        return "kernel"
+    return "stacked" if stacked_out <= STACKED_MAX_OUT.get(device_type, 0) else AUTO_FALLBACK
 
 
 class MixConv(nn.Module):
@@ -110,7 +117,7 @@ class MixConv(nn.Module):
     def forward(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """``h``: (B, C_in, H, W), ``a``: (B, K) → (B, C_out, H', W')."""
         hw = self.out_size(h.shape[-2]) * self.out_size(h.shape[-1])
-        impl = resolve_mix_impl(self.impl, h.device.type, hw)
+        impl = resolve_mix_impl(self.impl, h.device.type, hw, self.num_k * self.out_channels)
         return getattr(self, f"_{impl}")(h, a)
 
     def _naive(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

@@ -173,11 +173,13 @@ def test_channels_last_and_bf16_autocast(impl):
 
 
 def test_resolve_and_validate_impl():
-    assert resolve_mix_impl("naive", "cuda", 1024) == "naive"
-    assert resolve_mix_impl("auto", "cuda", 16) == "kernel"
-    assert resolve_mix_impl("auto", "cpu", 32 * 32) == "kernel"
-    assert resolve_mix_impl("auto", "cpu", 8 * 8) == "kernel"
-    assert resolve_mix_impl("auto", "cpu", 4 * 4) == "naive"
+    assert resolve_mix_impl("naive", "cuda", 1024, 4 * 64) == "naive"
+    assert resolve_mix_impl("auto", "cuda", 16, 4 * 1024) == "kernel"
+    assert resolve_mix_impl("auto", "cpu", 32 * 32, 4 * 64) == "kernel"
+    assert resolve_mix_impl("auto", "cpu", 8 * 8, 4 * 512) == "kernel"
+    assert resolve_mix_impl("auto", "cpu", 4 * 4, 4 * 256) == "stacked"   # one GEMM, small output
+    assert resolve_mix_impl("auto", "cpu", 4 * 4, 4 * 1024) == "naive"    # K GEMMs beat a huge output
+    assert resolve_mix_impl("auto", "mps", 32 * 32, 4 * 64) == "naive"    # unmeasured devices: the formula
     with pytest.raises(ValueError, match="mix impl"):
         small_net().set_mix_impl("fast")
     with pytest.raises(ValueError, match="gate"):
