@@ -34,9 +34,10 @@ from helpers.engine import amp_dtype, autocast  # noqa: E402
 from helpers.model import MixingNet, build_model, count_params  # noqa: E402
 
 
-def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10) -> float:
-    """Best fp32 GFLOP/s of an n×n matmul over ``reps`` runs (max: the machine's ceiling)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10,
+                dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of an n×n ``dtype`` matmul over ``reps`` runs (max: the machine's ceiling)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     best = 0.0
     for _ in range(reps):
         _sync(device)
@@ -155,8 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     flops = {impl: forward_flops(model, device, impl) for impl in dict.fromkeys(["naive"] + impls)}
     for impl, f in flops.items():
         print(f"forward FLOPs/image ({impl}): {f / 1e9:.3f} G" + ("  <- nominal" if impl == "naive" else ""))
-    peak = matmul_peak(device)
-    print(f"fp32 matmul peak (2048², best of 10): {peak:.0f} GFLOP/s")
+    peak = matmul_peak(device, dtype=amp or torch.float32)  # the peak of the precision being timed
+    print(f"{'fp32' if amp is None else 'bf16'} matmul peak (2048², best of 10): {peak:.0f} GFLOP/s")
 
     rates = time_training(model, impls, args.batch, args.steps, args.rounds, device, not args.no_channels_last, amp)
     # Median: the typical round. Best: the least-disturbed round, the usual estimate of what the
