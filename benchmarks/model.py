@@ -145,19 +145,20 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     impls = args.impls.split(",")
     amp = amp_dtype(args.amp, device)
+    precision = "fp32" if amp is None else "bf16"
     torch.manual_seed(0)
     model = build_model(get_preset(args.preset).model).to(device)
 
     name = provenance(device)["device_name"]
     print(f"torch {torch.__version__} | {device.type}: {name} | {torch.get_num_threads()} CPU threads | "
           f"preset {args.preset} | batch {args.batch} | "
-          f"{'NCHW' if args.no_channels_last else 'channels_last'} | {'fp32' if amp is None else 'bf16 autocast'}")
+          f"{'NCHW' if args.no_channels_last else 'channels_last'} | {precision}{' autocast' if amp else ''}")
     print(f"parameters: {count_params(model):,}")
     flops = {impl: forward_flops(model, device, impl) for impl in dict.fromkeys(["naive"] + impls)}
     for impl, f in flops.items():
         print(f"forward FLOPs/image ({impl}): {f / 1e9:.3f} G" + ("  <- nominal" if impl == "naive" else ""))
     peak = matmul_peak(device, dtype=amp or torch.float32)  # the peak of the precision being timed
-    print(f"{'fp32' if amp is None else 'bf16'} matmul peak (2048², best of 10): {peak:.0f} GFLOP/s")
+    print(f"{precision} matmul peak (2048², best of 10): {peak:.0f} GFLOP/s")
 
     rates = time_training(model, impls, args.batch, args.steps, args.rounds, device, not args.no_channels_last, amp)
     # Median: the typical round. Best: the least-disturbed round, the usual estimate of what the

@@ -89,8 +89,9 @@ def config_mismatches(saved: dict, cfg: Config, allowed: set[str] = RESUME_SAFE)
 
     now = flat(cfg.to_dict())
     saved = {**flat(Config().to_dict()), **flat(saved)}  # every current field, defaults filling the gaps
-    return [f"{key}: checkpoint {value!r}, config {now.get(key, '<absent>')!r}"
-            for key, value in saved.items() if key not in allowed and now.get(key, "<absent>") != value]
+    return [f"{key}: checkpoint {value!r}, config {current!r}"
+            for key, value in saved.items()
+            if key not in allowed and (current := now.get(key, "<absent>")) != value]
 
 
 def check_compatible(state: dict, cfg: Config, path: str | Path = "checkpoint",

@@ -284,7 +284,7 @@ class MixingNet(nn.Module):
     def forward_features(self, x: torch.Tensor, return_mix: bool = False
                          ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, 3, H, W) → (B, C_last, H/S, W/S), S = product of strides [, list of (B, K) per block]."""
-        x = self.stem(x)                                                 # (B, C_stem, H, W)
+        x = self.stem(x)                                                 # (B, C_stem, H/s, W/s), s = stem stride
         mix = []
         for block in self.blocks:
             x, a = block(x, return_mix=True)
