@@ -22,7 +22,6 @@ from .engine import evaluate, pick_device, predict, train_step
 from .losses import FocalLoss, build_loss
 from .model import MixingNet, build_model
 from .optim import build_optimizer, build_scheduler, lr_range_test
-from .train import FitResult, fit
 
 __all__ = [
     "Predictions", "confusion_matrix", "expected_calibration_error", "load_run_model",
@@ -39,3 +38,12 @@ __all__ = [
     "FitResult", "fit",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``fit`` and ``FitResult`` load on first use, so ``python -m helpers.train`` (``make train``)
+    # runs the module once, not after an import of itself (runpy's RuntimeWarning).
+    if name in ("fit", "FitResult"):
+        from . import train
+        return getattr(train, name)
+    raise AttributeError(f"module 'helpers' has no attribute {name!r}")

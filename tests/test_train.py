@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -206,3 +208,12 @@ def test_fit_never_overwrites_a_run(data, tmp_path):
     with pytest.raises(ValueError, match="already holds a run"):
         fit(_cfg(), data, out_dir=tmp_path, progress=False, log=lambda s: None)
     assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_module_entry_point_runs_cleanly():
+    # `make train` is `python -m helpers.train`: no runpy "found in sys.modules" warning, no traceback.
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "helpers.train", "--help"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--preset" in proc.stdout and "Warning" not in proc.stderr
