@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from helpers.checkpoint import provenance  # noqa: E402
 from helpers.config import get_preset  # noqa: E402
 from helpers.engine import amp_dtype, autocast  # noqa: E402
-from helpers.model import MixingNet, build_model, count_params  # noqa: E402
+from helpers.model import MixingNet, build_model, count_params, resolve_mix_impl  # noqa: E402
 
 
 def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10,
@@ -97,8 +97,12 @@ def time_training(model: MixingNet, impls: list[str], batch: int, steps: int, ro
 
 
 def time_blocks(model: MixingNet, impls: list[str], batch: int, rounds: int, device: torch.device,
-                channels_last: bool, amp: torch.dtype | None = None) -> None:
-    """Print each block's forward + backward ms per impl (best of ``rounds``, impls interleaved)."""
+                channels_last: bool, amp: torch.dtype | None = None) -> list[dict]:
+    """Each block's forward + backward ms per impl (best of ``rounds``, impls interleaved).
+
+    One row per block: its input shape, output pixels, K·C_out, what "auto" resolves to
+    on ``device``, and ``ms`` = {impl: milliseconds}.
+    """
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.train().to(device, memory_format=fmt)
     inputs = []
@@ -107,9 +111,8 @@ def time_blocks(model: MixingNet, impls: list[str], batch: int, rounds: int, dev
         model(torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt))
     for h in hooks:
         h.remove()
-    print(f"\nper block, forward + backward, best of {rounds} (ms):")
-    print(f"{'block':>6} {'input':>18} " + " ".join(f"{i:>8}" for i in impls))
-    for i, (block, x) in enumerate(zip(model.blocks, inputs)):
+    rows = []
+    for block, x in zip(model.blocks, inputs):
         x = x.requires_grad_()
         best = {impl: float("inf") for impl in impls}
         for r in range(rounds + 1):  # round 0 warms up
@@ -123,8 +126,22 @@ def time_blocks(model: MixingNet, impls: list[str], batch: int, rounds: int, dev
                 _sync(device)
                 if r:
                     best[impl] = min(best[impl], time.perf_counter() - t)
-        shape = "×".join(map(str, x.shape[1:]))
-        print(f"{i + 1:>6} {shape:>18} " + " ".join(f"{1000 * best[impl]:8.0f}" for impl in impls), flush=True)
+        out_hw = block.mix.out_size(x.shape[-2]) * block.mix.out_size(x.shape[-1])
+        stacked_out = block.mix.num_k * block.mix.out_channels
+        rows.append({"input": list(x.shape[1:]), "out_hw": out_hw, "stacked_out": stacked_out,
+                     "auto": resolve_mix_impl("auto", device.type, out_hw, stacked_out),
+                     "ms": {impl: 1000 * t for impl, t in best.items()}})
+    return rows
+
+
+def print_blocks(rows: list[dict], rounds: int) -> None:
+    impls = list(rows[0]["ms"])
+    print(f"\nper block, forward + backward, best of {rounds} (ms):")
+    print(f"{'block':>6} {'input':>18} " + " ".join(f"{i:>8}" for i in impls) + f" {'auto':>8}")
+    for i, r in enumerate(rows):
+        shape = "×".join(map(str, r["input"]))
+        print(f"{i + 1:>6} {shape:>18} " + " ".join(f"{r['ms'][impl]:8.2f}" for impl in impls)
+              + f" {r['auto']:>8}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,8 +193,9 @@ def main(argv: list[str] | None = None) -> None:
               f"{best:8.1f} {g_best:8.1f} {100 * g_best / peak:4.0f}% | {ratio:>22}")
     print("(GFLOP/s: each implementation's own executed FLOPs, 3× forward per training image)")
     if args.per_block:
-        time_blocks(model, ["naive", "stacked", "kernel"], args.batch, args.rounds, device,
-                    not args.no_channels_last, amp)
+        rows = time_blocks(model, ["naive", "stacked", "kernel"], args.batch, args.rounds, device,
+                           not args.no_channels_last, amp)
+        print_blocks(rows, args.rounds)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,18 @@ CutMix and MixUp *are* per-batch operations, so those come from
 
     aug = BatchAugment(cfg.data, mean, std, seed=0)
     x, y_soft = aug(x_uint8, y)       # (B, 3, 32, 32) float normalised, (B, 10) soft targets
+    for step, x, y_soft in aug.epoch(train_x, train_y, order, batch_size=128, epoch=3):
+        ...                           # training: per-image ops on chunks of thousands of images
+
+Why chunks: on a GPU a call on 128 images is bound by kernel launches (51,600
+img/s on an H200), one on 10,000 by arithmetic (2.1 M img/s;
+``shared/GPU_MEASUREMENTS.md``). ``epoch`` draws every batch's parameters from
+that batch's own generator, seeded by (seed, epoch, step), so the result is the
+same whatever the chunk size, and a run resumed mid-epoch redraws it exactly.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +33,9 @@ from .config import DataConfig
 _GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
 
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
     # Parameters are drawn on the CPU generator so a seed gives the same batch on every device.
-    return (torch.rand(n, generator=g) * (hi - lo) + lo).to(device, non_blocking=True)
+    return torch.rand(n, generator=g) * (hi - lo) + lo
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -126,32 +134,47 @@ class BatchAugment:
     def __init__(self, cfg: DataConfig, mean: Sequence[float], std: Sequence[float],
                  num_classes: int = 10, seed: int = 0):
         self.cfg, self.mean, self.std, self.num_classes = cfg, tuple(mean), tuple(std), num_classes
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self._mixers = v2.RandomChoice(
             [v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes),
              v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes)],
             p=[cfg.cutmix_p, 1.0 - cfg.cutmix_p])
 
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) → augmented float (B, 3, H, W) in [0, 1], not normalised."""
-        c, g, n, dev = self.cfg, self.generator, len(x), x.device
+    def draw(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Per-image parameters for ``n`` images, (n,) CPU tensors, drawn in a fixed order."""
+        c, g = self.cfg, generator or self.generator
+        ops = (("flip", c.flip_p, 0.0, 1.0), ("rotation", c.rotation, -c.rotation, c.rotation),
+               ("brightness", c.brightness, max(0.0, 1 - c.brightness), 1 + c.brightness),
+               ("contrast", c.contrast, max(0.0, 1 - c.contrast), 1 + c.contrast),
+               ("saturation", c.saturation, max(0.0, 1 - c.saturation), 1 + c.saturation),
+               ("hue", c.hue, -c.hue, c.hue))
+        return {name: _uniform(n, lo, hi, g) for name, amount, lo, hi in ops if amount > 0}
+
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """uint8 (B, 3, H, W) and ``draw``'s parameters → augmented float (B, 3, H, W) in [0, 1]."""
+        p = {k: v.to(x.device, non_blocking=True) for k, v in params.items()}
         x = to_float(x)
-        if c.flip_p > 0:
-            x = hflip(x, _uniform(n, 0, 1, g, dev) < c.flip_p)
-        if c.rotation > 0:
-            x = rotate(x, _uniform(n, -c.rotation, c.rotation, g, dev))
-        for amount, op in ((c.brightness, adjust_brightness), (c.contrast, adjust_contrast),
-                           (c.saturation, adjust_saturation)):
-            if amount > 0:
-                x = op(x, _uniform(n, max(0.0, 1 - amount), 1 + amount, g, dev))
-        if c.hue > 0:
-            x = adjust_hue(x, _uniform(n, -c.hue, c.hue, g, dev))
+        if "flip" in p:
+            x = hflip(x, p["flip"] < self.cfg.flip_p)
+        if "rotation" in p:
+            x = rotate(x, p["rotation"])
+        for name, op in (("brightness", adjust_brightness), ("contrast", adjust_contrast),
+                         ("saturation", adjust_saturation), ("hue", adjust_hue)):
+            if name in p:
+                x = op(x, p[name])
         return x
 
-    def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 (B, 3, H, W) → augmented float (B, 3, H, W) in [0, 1], not normalised."""
+        return self.apply(x, self.draw(len(x), generator))
+
+    def mix(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
         """CutMix (p = cutmix_p) or MixUp on a batch: (B, 3, H, W), (B,) → same images, (B, K) soft targets."""
-        seed = int(torch.randint(2**62, (1,), generator=self.generator))
-        mixed = float(torch.rand(1, generator=self.generator)) < self.cfg.mix_p
+        g = generator or self.generator
+        seed = int(torch.randint(2**62, (1,), generator=g))
+        mixed = float(torch.rand(1, generator=g)) < self.cfg.mix_p
         if not mixed:
             return x, F.one_hot(y, self.num_classes).to(x.dtype)
         # v2's CutMix/MixUp draw from torch's global RNG; fork it and seed it from our
@@ -164,6 +187,40 @@ class BatchAugment:
         """uint8 images (B, 3, H, W) and int labels (B,) → normalised float images and soft targets (B, K)."""
         x = normalize(self.augment(x), self.mean, self.std)
         return self.mix(x, y)
+
+    def batch_generator(self, epoch: int, step: int) -> torch.Generator:
+        """The generator of batch ``step`` (1-based) of ``epoch`` (0-based): a pure function of both."""
+        # Python's hash of a tuple of ints is fixed across runs and machines of one word size.
+        return torch.Generator().manual_seed(hash((self.seed, epoch, step)) & (2**63 - 1))
+
+    def epoch(self, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor | None, batch_size: int,
+              epoch: int, chunk: int = 8192, start: int = 0, drop_last: bool = False
+              ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """One epoch of training batches: yields (step, normalised images (B, 3, H, W), soft targets (B, K)).
+
+        ``x`` uint8 (N, 3, H, W) and ``y`` (N,) on the training device, ``order`` the epoch's
+        permutation (None: as stored). Per-image ops run on chunks of ``chunk`` images (whole
+        batches, at least one); CutMix/MixUp per batch. Steps up to ``start`` are skipped
+        without being computed (a resumed epoch).
+        """
+        n = len(x)
+        steps = n // batch_size if drop_last else -(-n // batch_size)
+        per_chunk = max(1, chunk // batch_size)                          # batches per chunk
+        for first in range(start // per_chunk * per_chunk, steps, per_chunk):
+            last = min(first + per_chunk, steps)                         # batches first+1 … last
+            idx = slice(first * batch_size, min(last * batch_size, n))
+            idx = order[idx] if order is not None else idx
+            xs, ys = x[idx], y[idx]                                      # (c, 3, H, W) uint8, (c,)
+            gens = [self.batch_generator(epoch, s) for s in range(first + 1, last + 1)]
+            sizes = [min(batch_size, n - s * batch_size) for s in range(first, last)]
+            draws = [self.draw(b, g) for b, g in zip(sizes, gens)]
+            params = {k: torch.cat([d[k] for d in draws]) for k in draws[0]}
+            xs = normalize(self.apply(xs, params), self.mean, self.std)  # (c, 3, H, W) float
+            for i, (g, b) in enumerate(zip(gens, sizes)):
+                step = first + i + 1
+                if step > start:
+                    lo = i * batch_size
+                    yield (step, *self.mix(xs[lo:lo + b], ys[lo:lo + b], g))
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

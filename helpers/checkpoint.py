@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from .config import Config
 # Keys that may differ between a checkpoint and the config that resumes it:
 # they change where or how fast the run goes, not what it computes.
 RESUME_SAFE = {"train.stop_after", "train.device", "train.compile", "train.num_threads",
-               "data.root", "data.eval_batch_size"}
+               "data.root", "data.eval_batch_size", "data.aug_chunk"}
 
 
 def runs_dir() -> Path:
@@ -58,6 +59,72 @@ def save_checkpoint(path: Path, state: dict) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def atomic_link(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same file as ``src`` atomically: a hard link (no copy), else a copy.
+
+    ``save_checkpoint`` replaces a file by renaming a new one over it, so a later
+    ``last.pt`` never changes what ``best.pt`` links to.
+    """
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:  # no hard links on this file system
+        Path(tmp).unlink(missing_ok=True)
+        atomic_write_bytes(dst, Path(src).read_bytes())
+
+
+def _to_cpu(obj: Any) -> Any:
+    """A snapshot: tensors copied to the CPU, dicts and lists rebuilt, other values (immutable) kept."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread, so the disk works while the next epoch trains.
+
+    ``write`` snapshots the state to the CPU and returns; the file appears atomically
+    once written. ``wait`` (which the next ``write`` calls first) blocks until it is on
+    disk and re-raises the writer's error, if any. A 157 MB seed checkpoint takes
+    0.5–0.8 s to serialise, write and fsync on the 2-core course machine.
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, path: Path, state: dict, links: tuple[Path, ...] = ()) -> None:
+        """Save ``state`` to ``path``, then make each of ``links`` the same file."""
+        self.wait()
+        snapshot = _to_cpu(state)
+        self._thread = threading.Thread(target=self._run, args=(Path(path), snapshot, links),
+                                        name="checkpoint-writer")
+        self._thread.start()
+
+    def _run(self, path: Path, state: dict, links: tuple[Path, ...]) -> None:
+        try:
+            save_checkpoint(path, state)
+            for link in links:
+                atomic_link(path, Path(link))
+        except BaseException as e:  # handed to the training thread by wait()
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise CheckpointError(f"writing a checkpoint failed: {type(error).__name__}: {error}") from error
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -42,6 +42,7 @@ class DataConfig:
     test_subset: int = _f(0, lo=0)                  # first N test images; 0 = all 10,000
     val_size: int = _f(0, lo=0)                     # images held out of train as validation; 0 = none
     drop_last: bool = False                         # drop the last, smaller training batch
+    aug_chunk: int = _f(8192, lo=1)                 # images augmented per call (whole batches); speed only
     # per-image augmentation (report §1, Table 1)
     flip_p: float = _f(0.3, lo=0.0, hi=1.0)         # horizontal flip probability
     rotation: float = _f(10.0, lo=0.0, hi=180.0)    # degrees, uniform in ±rotation
@@ -107,7 +108,9 @@ class TrainConfig:
     device: str = _f("auto", choices=("auto", "cpu", "cuda", "mps"))
     amp: str = _f("auto", choices=("auto", "off", "bf16", "fp16"))  # auto: bf16 on CUDA and bf16-capable CPUs
     channels_last: bool = True
-    compile: bool = False                           # torch.compile the model (CUDA only pays off)
+    # torch.compile the model: "cudagraphs" = mode="reduce-overhead" (CUDA graphs replay a whole
+    # step in one launch: 4.7 ms vs 15-19 eager on an H200); auto: cudagraphs on CUDA, off elsewhere
+    compile: str = _f("auto", choices=("auto", "off", "default", "cudagraphs"))
     tta_flip: bool = False                          # average logits of image and its mirror at test time
     stop_after: int = _f(0, lo=0)                   # end cleanly after this epoch, as if interrupted; 0 = never
     num_threads: int = _f(0, lo=0)                  # CPU threads for torch; 0 = torch's default
@@ -130,13 +133,18 @@ class Config:
         cfg = cls()
         for section, values in d.items():
             for key, value in values.items():
-                _set(cfg, f"{section}.{key}", value)
+                key = f"{section}.{key}"
+                _set(cfg, key, _LEGACY.get(key, {}).get(value, value) if isinstance(value, bool) else value)
         validate(cfg)
         return cfg
 
     def replace(self, overrides: Iterable[str] | dict = ()) -> "Config":
         """A validated copy with dotted overrides applied."""
         return apply_overrides(copy.deepcopy(self), overrides)
+
+
+# Values older runs saved that a field has since replaced: train.compile was a bool.
+_LEGACY = {"train.compile": {True: "default", False: "off"}}
 
 
 # ---------------------------------------------------------------------------- presets

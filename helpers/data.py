@@ -181,12 +181,14 @@ class DeviceBatches:
         n, b = len(self.x), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
+    def epoch_order(self) -> torch.Tensor | None:
+        """A new epoch's order: a permutation (N,) on the device, drawn from ``generator``; None unshuffled."""
+        if not self.shuffle:
+            return None
+        return torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.x)
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(self.x.device)
-        else:
-            order = None
+        order = self.epoch_order()
         for i in range(len(self)):
             if order is None:
                 sl = slice(i * self.batch_size, (i + 1) * self.batch_size)

@@ -1,4 +1,5 @@
-"""The pieces every loop shares: device choice, autocast, one training step, prediction.
+"""The pieces every loop shares: device choice, autocast, compilation, one training step,
+prediction, and a timer for a loop's phases.
 
 ``helpers.train.fit`` is the project's one training loop; the LR range test
 (``helpers.optim``) and the notebooks reuse these same pieces.
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, Sequence
+import time
+from collections import defaultdict
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -59,7 +62,62 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
+# ---------------------------------------------------------------------------- compilation
+
+# train.compile → torch.compile's mode. "reduce-overhead" records the compiled step as CUDA
+# graphs: one launch replays hundreds of kernels, which is what a launch-bound step needs.
+COMPILE_MODES = {"default": "default", "cudagraphs": "reduce-overhead"}
+
+
+def resolve_compile(name: str, device: torch.device) -> str:
+    """"auto" → "cudagraphs" on CUDA, "off" elsewhere (on a CPU compiling costs more than it saves)."""
+    if name == "auto":
+        return "cudagraphs" if device.type == "cuda" else "off"
+    return name
+
+
+def compile_model(model: nn.Module, mode: str, device: torch.device,
+                  backend: str | Callable = "inductor") -> nn.Module:
+    """``torch.compile(model)`` for ``train.compile`` = ``mode``, or ``model`` itself when off.
+
+    ``dynamic=False``: one specialised graph per input shape. Callers keep the shapes
+    few (``fit`` runs the last, smaller batch eagerly; ``predict`` pads), so nothing
+    recompiles after the first epoch. The compiled module shares ``model``'s parameters,
+    and ``model.state_dict()`` keeps its plain keys. ``backend`` other than inductor
+    (e.g. "aot_eager") is for tests on a CPU.
+    """
+    mode = resolve_compile(mode, device)
+    if mode == "off":
+        return model
+    kw = {"mode": COMPILE_MODES[mode]} if backend == "inductor" else {}
+    return torch.compile(model, backend=backend, dynamic=False, **kw)
+
+
+def is_compiled(model: nn.Module) -> bool:
+    return hasattr(model, "_orig_mod")  # torch.compile's wrapper
+
+
+def _new_step(model: nn.Module) -> None:
+    # CUDA graphs reuse their output memory: tell them a new step begins, so that the
+    # previous step's outputs may be overwritten (callers copy what they keep).
+    if is_compiled(model):
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 # ---------------------------------------------------------------------------- one step
+
+def forward_backward(model: nn.Module, loss_fn: Callable, x: torch.Tensor, target: torch.Tensor,
+                     dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss and backward in train mode; gradients accumulate. Returns (loss, logits), detached."""
+    model.train()
+    _new_step(model)
+    with autocast(x.device, dtype):
+        logits = model(x)  # (B, K)
+    loss = loss_fn(logits.float(), target)  # the loss in fp32: log-probabilities need the range
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    return loss.detach(), logits.detach()
+
 
 def train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                x: torch.Tensor, target: torch.Tensor, dtype: torch.dtype | None = None,
@@ -67,40 +125,46 @@ def train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optim
     """One optimisation step on a ready batch. Returns (loss, logits), both detached.
 
     ``x``: (B, 3, H, W) float, already augmented and normalised; ``target``: (B,)
-    labels or (B, K) soft targets. ``scaler`` is only needed for fp16.
+    labels or (B, K) soft targets. ``scaler`` is only needed for fp16. No host sync:
+    on a GPU the step is queued and the call returns.
     """
-    model.train()
-    with autocast(x.device, dtype):
-        logits = model(x)  # (B, K)
-    loss = loss_fn(logits.float(), target)  # the loss in fp32: log-probabilities need the range
     optimizer.zero_grad(set_to_none=True)
+    loss, logits = forward_backward(model, loss_fn, x, target, dtype, scaler)
     if scaler is not None:
-        scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
         optimizer.step()
-    return loss.detach(), logits.detach()
+    return loss, logits
 
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
             batch_size: int = 512, dtype: torch.dtype | None = None, tta_flip: bool = False,
             channels_last: bool = False) -> torch.Tensor:
-    """Logits (N, K) in fp32 for uint8 images (N, 3, H, W), in eval mode; optional flip TTA."""
+    """Logits (N, K) in fp32 for uint8 images (N, 3, H, W), in eval mode; optional flip TTA.
+
+    A compiled model sees one shape only: the last, smaller batch is padded with
+    zeros (eval mode: each image's logits depend on that image alone).
+    """
     model.eval()
     device = next(model.parameters()).device
+    compiled = is_compiled(model)
     out = []
     for i in range(0, len(x), batch_size):
         xb = normalize(x[i:i + batch_size].to(device), mean, std)
+        n = len(xb)
+        if compiled and n < batch_size:
+            xb = torch.cat([xb, xb.new_zeros(batch_size - n, *xb.shape[1:])])
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
-            logits = model(xb).float()
+            _new_step(model)
+            logits = model(xb).float().clone()  # a copy: CUDA graphs overwrite their outputs
             if tta_flip:  # average with the mirror image's logits
+                _new_step(model)
                 logits = (logits + model(xb.flip(-1)).float()) / 2
-        out.append(logits)
+        out.append(logits[:n])
     return torch.cat(out)
 
 
@@ -117,3 +181,39 @@ def per_class_accuracy(logits: torch.Tensor, y: torch.Tensor, num_classes: int) 
     correct = torch.zeros(num_classes).index_add_(0, y.cpu(), (logits.argmax(1) == y).float().cpu())
     count = torch.bincount(y.cpu(), minlength=num_classes).clamp_min(1)
     return (correct / count).tolist()
+
+
+# ---------------------------------------------------------------------------- timing
+
+class PhaseTimer:
+    """Seconds spent in each named phase of a loop: ``with timer("train"): ...``.
+
+    On CUDA each phase is bracketed by two CUDA events, read once in ``totals()``:
+    the device's own time, with no host sync per step. Elsewhere, wall time.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._pending: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+        self._totals: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.cuda:
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            yield
+            end.record()
+            self._pending.append((name, start, end))
+        else:
+            t = time.perf_counter()
+            yield
+            self._totals[name] += time.perf_counter() - t
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per phase so far (waits for the device once)."""
+        for name, start, end in self._pending:
+            end.synchronize()
+            self._totals[name] += start.elapsed_time(end) / 1000
+        self._pending.clear()
+        return dict(self._totals)

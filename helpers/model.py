@@ -22,7 +22,8 @@ A mixing block (the course design plus the report's additions, see
   B per-image kernels must be written and read, which is cheap only where the
   feature map is large compared with the kernel (CondConv / Dynamic Convolution).
 * ``auto``    — per block and per device, the one measured fastest (``KERNEL_MIN_HW``,
-  ``STACKED_MAX_OUT``).
+  ``STACKED_MAX_OUT``): on a CPU ``kernel`` at ≥ 8×8 and ``stacked`` or ``naive`` below;
+  on CUDA ``stacked`` everywhere.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ from .config import ModelConfig
 
 MIX_IMPLS = ("naive", "stacked", "kernel")
 
-# "auto" → impl, per device type, from the block's output size (H·W) and K·C_out.
+# "auto" → impl, per device type, from the block's output size (H·W) and K·C_out: a rule
+# read off measurements, never a path that measured slower than "naive" on that device.
 # CPU (2-core AMD EPYC, torch 2.14, batch 128, fwd+bwd, channels_last; BENCHMARKS.md
 # "Model (issue 3)"): kernel mixing wins 1.3–2.6× at 32×32, 16×16 and 8×8 outputs, where
 # each per-image kernel is reused over ≥ 64 positions, and loses 3.5–6× at 4×4, where writing
@@ -46,11 +48,14 @@ MIX_IMPLS = ("naive", "stacked", "kernel")
 # ("stacked") beats K GEMMs ("naive") while its (B, K·C_out, H, W) output stays small:
 # 1.1–1.4× at K·C_out = 1024 in fp32 and bf16, but 1.1–1.5× slower at 3072–4096
 # (BENCHMARKS.md, "Training (issue 5)").
-# CUDA: unmeasured here; grouped-conv kernel mixing is the usual winner at batch 128
-# (a GPU has ~50× a CPU's memory bandwidth), so "kernel" everywhere is the reasoned default.
-KERNEL_MIN_HW = {"cpu": 64, "cuda": 1}   # smallest H_out·W_out at which "kernel" is chosen
-STACKED_MAX_OUT = {"cpu": 1024}          # below that size, "stacked" up to this K·C_out, else:
-AUTO_FALLBACK = "naive"                  # larger blocks, and devices not listed
+# CUDA (one H200, torch 2.11, batch 128, bf16, eager; shared/GPU_MEASUREMENTS.md and
+# BENCHMARKS.md "GPU"): "stacked" is the fastest whole-model step, 15–19 ms against 20–27 for
+# "naive" and 52–67 for "kernel" (seed model); 11.2 / 15.4 / 19.4 ms (laptop model). A GPU is
+# launch-bound at this size, so one large convolution beats K small ones and the per-image
+# grouped convolution is slowest. `benchmarks/gpu_check.py` re-times every block per impl.
+KERNEL_MIN_HW = {"cpu": 64}                        # smallest H_out·W_out at which "kernel" is chosen
+STACKED_MAX_OUT = {"cpu": 1024, "cuda": math.inf}  # below that size, "stacked" up to this K·C_out, else:
+AUTO_FALLBACK = "naive"                            # larger blocks, and devices not measured (MPS)
 # Images per grouped convolution in "kernel". On CPU, 32 keeps a chunk's mixed kernels
 # near the caches (measured 2× faster than the whole batch at 16×16→8×8); a GPU wants one launch.
 KERNEL_CHUNK = {"cpu": 32}

@@ -3,12 +3,17 @@
     result = fit(get_preset("smoke"), out_dir="runs/smoke")
     python -m helpers.train --preset laptop --set train.epochs=5 --out runs/try
 
-Per batch: device-resident uint8 images → per-image augmentation → CutMix/MixUp
-→ model → focal loss → SGD + OneCycle. Per epoch: train/test (and validation)
-loss and accuracy, a checkpoint, early stopping.
+Per epoch: device-resident uint8 images → per-image augmentation in chunks of
+thousands → per batch CutMix/MixUp → model → focal loss → SGD + OneCycle; then
+test (and validation) loss and accuracy, a checkpoint, early stopping.
+
+``fit`` reads top to bottom through its parts: ``build_run`` (the run's objects),
+``warm_up`` (compilation, timed apart), ``train_epoch``, ``evaluate_run`` and
+``end_epoch`` (history, checkpoint, early stop).
 """
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -26,18 +31,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .augment import BatchAugment
-from .checkpoint import (CheckpointError, check_compatible, load_checkpoint, provenance, rng_state, runs_dir,
-                         save_checkpoint, set_rng_state, write_json, atomic_write_bytes,
-                         atomic_write_text)
+from .checkpoint import (CheckpointError, CheckpointWriter, check_compatible, load_checkpoint, provenance,
+                         rng_state, runs_dir, set_rng_state, write_json, atomic_write_bytes, atomic_write_text)
 from .config import Config, get_preset, PRESETS, apply_overrides
 from .data import CIFAR10, DataError, DeviceBatches, channel_stats, load_cifar10, subset
-from .engine import amp_dtype, evaluate, per_class_accuracy, pick_device, predict, train_step
+from .engine import (PhaseTimer, amp_dtype, compile_model, evaluate, forward_backward, per_class_accuracy,
+                     pick_device, predict, resolve_compile, train_step)
 from .losses import build_loss
 from .model import build_model
 from .optim import build_optimizer, build_scheduler
 
 
-# ---------------------------------------------------------------------------- fit
+# ---------------------------------------------------------------------------- the run's objects
 
 @dataclass
 class FitResult:
@@ -49,6 +54,238 @@ class FitResult:
     report: str = ""
     meta: dict = field(default_factory=dict)
 
+
+@dataclass
+class Run:
+    """Everything one training run holds; ``build_run`` makes it, the loop's parts read it."""
+    cfg: Config
+    device: torch.device
+    dtype: torch.dtype | None          # autocast dtype, None = fp32
+    model: nn.Module                   # the weights: saved, loaded, returned
+    net: nn.Module                     # what runs them: ``model`` or its compiled wrapper
+    loss_fn: nn.Module
+    batches: DeviceBatches             # uint8 training images on the device, the shuffling generator
+    aug: BatchAugment
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]]   # "test" (and "val"): uint8 images, labels
+    classes: tuple[str, ...]
+    mean: list[float]
+    std: list[float]
+    meta: dict                         # config, seed, provenance: written to run.json
+    out: Path | None
+    log: Callable[[str], None]
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter)
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"metric": -math.inf, "epoch": 0, "since": 0})
+
+    def predict_kw(self) -> dict:
+        tc = self.cfg.train
+        return dict(batch_size=self.cfg.data.eval_batch_size, dtype=self.dtype, tta_flip=tc.tta_flip,
+                    channels_last=tc.channels_last)
+
+
+def build_run(cfg: Config, data: CIFAR10, out_dir: str | Path | None = None,
+              log: Callable[[str], None] = print) -> Run:
+    """Model, loss, data, augmentation, optimiser and schedule for ``cfg``, on its device."""
+    tc = cfg.train
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    device = pick_device(tc.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once
+    torch.manual_seed(tc.seed)
+    ds, val = subset(data, cfg.data)
+    mean, std = channel_stats(ds.train_x)
+    model = build_model(cfg.model).to(device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    batches = DeviceBatches(ds.train_x, ds.train_y, cfg.data.batch_size, shuffle=True,
+                            drop_last=cfg.data.drop_last, device=device, seed=tc.seed)
+    optimizer = build_optimizer(model, cfg.optim)
+    dtype = amp_dtype(tc.amp, device)
+    eval_sets = {"test": (ds.test_x.to(device), ds.test_y.to(device))}
+    if val is not None:
+        eval_sets["val"] = (val[0].to(device), val[1].to(device))
+    return Run(
+        cfg=cfg, device=device, dtype=dtype, model=model, net=compile_model(model, tc.compile, device),
+        loss_fn=build_loss(cfg.loss, ds.classes).to(device), batches=batches,
+        aug=BatchAugment(cfg.data, mean, std, num_classes=cfg.model.num_classes, seed=tc.seed + 1),
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.optim, epochs=tc.epochs, steps_per_epoch=len(batches)),
+        scaler=torch.amp.GradScaler(device.type) if dtype == torch.float16 else None,
+        eval_sets=eval_sets, classes=ds.classes, mean=mean, std=std,
+        meta={"config": cfg.to_dict(), "seed": tc.seed, "mean": mean, "std": std, **provenance(device)},
+        out=Path(out_dir) if out_dir is not None else None, log=log)
+
+
+def warm_up(run: Run) -> float:
+    """Compile (and record the CUDA graphs of) the training and evaluation calls before epoch 1.
+
+    Returns the seconds it took (0 when not compiled). Weights, BatchNorm statistics,
+    gradients and RNG states are restored afterwards, so the run computes exactly
+    what it would have computed without it.
+    """
+    if run.net is run.model:
+        return 0.0
+    t0 = time.perf_counter()
+    weights, rng = copy.deepcopy(run.model.state_dict()), rng_state()
+    b, k = run.cfg.data.batch_size, run.cfg.model.num_classes
+    x = torch.zeros(b, 3, 32, 32, device=run.device)
+    if run.cfg.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    target = torch.full((b, k), 1 / k, device=run.device)
+    for _ in range(3):  # CUDA graphs: the first call warms up, the second records, the third replays
+        forward_backward(run.net, run.loss_fn, x, target, run.dtype)
+        predict(run.net, torch.zeros(run.cfg.data.eval_batch_size, 3, 32, 32, dtype=torch.uint8,
+                                     device=run.device), run.mean, run.std, **run.predict_kw())
+    run.model.zero_grad(set_to_none=True)
+    run.model.load_state_dict(weights)  # copies in place: the graphs keep pointing at the weights
+    set_rng_state(rng)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+def save(run: Run, epoch: int, step: int, partial: dict | None, best: bool = False,
+         order_state: torch.Tensor | None = None) -> None:
+    """Start writing ``last.pt`` (and ``best.pt``, the same file) in the background; nothing without an out_dir."""
+    if run.out is None:
+        return
+    rng = rng_state(run.batches.generator, run.aug.generator)
+    if order_state is not None:  # mid-epoch: resume redraws this epoch's order from here
+        rng["generators"][0] = order_state
+    run.writer.write(run.out / "last.pt", {
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else {},
+        "rng": rng, "epoch": epoch, "step": step, "partial": partial, "history": run.history,
+        "best": run.best, "config": run.cfg.to_dict(),
+        "meta": {k: v for k, v in run.meta.items() if k != "config"}},
+        links=(run.out / "best.pt",) if best else ())
+
+
+def restore(run: Run, resume: str | Path) -> tuple[int, int, dict | None]:
+    """Load a checkpoint into ``run``; returns (epochs done, steps done in the next, its partial sums)."""
+    state = load_checkpoint(resume, map_location=run.device)
+    check_compatible(state, run.cfg, resume)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"], run.batches.generator, run.aug.generator)
+    run.history, run.best = state["history"], state["best"]
+    return state["epoch"], state["step"], state["partial"]
+
+
+def _write_run_json(run: Run, resumed_at: tuple[int, int] | None) -> None:
+    run.out.mkdir(parents=True, exist_ok=True)
+    path = run.out / "run.json"
+    if resumed_at is None or not path.exists():
+        write_json(path, run.meta)
+    elif resumed_at[0] < run.cfg.train.epochs:  # keep the original provenance; record each resume
+        saved = json.loads(path.read_text())
+        saved.setdefault("resumes", []).append({"epoch": resumed_at[0], "step": resumed_at[1],
+                                                **{k: v for k, v in run.meta.items() if k != "config"}})
+        write_json(path, saved)
+
+
+# ---------------------------------------------------------------------------- one epoch
+
+def train_epoch(run: Run, epoch: int, start: int = 0, partial: dict | None = None,
+                interrupt: "_Interrupt | None" = None, progress: bool = True) -> dict:
+    """Train one epoch (0-based), from step ``start`` when resuming; returns its sums and times.
+
+    The returned dict holds the summed loss, the number correct, images seen,
+    ``steps`` done, ``time`` (wall), ``time_train`` and ``time_aug`` (the device's
+    own time on CUDA), and ``diverged``. Sums stay on the device until the epoch
+    ends: no step waits for the GPU.
+    """
+    b = run.cfg.data.batch_size
+    acc = partial or {"loss": 0.0, "correct": 0.0, "n": 0, "time": 0.0, "time_train": 0.0, "time_aug": 0.0}
+    order_state = run.batches.generator.get_state()  # before this epoch's shuffle
+    order = run.batches.epoch_order()
+    timer, t0 = PhaseTimer(run.device), time.perf_counter()
+    # Continued from a resumed epoch's partial sums, so the additions happen in the same order.
+    loss_sum = torch.tensor(acc["loss"], device=run.device)
+    correct = torch.tensor(acc["correct"], device=run.device)
+    steps = len(run.batches)
+    batches = run.aug.epoch(run.batches.x, run.batches.y, order, b, epoch, chunk=run.cfg.data.aug_chunk,
+                            start=start, drop_last=run.cfg.data.drop_last)
+    step = start
+    with tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, initial=start) as bar:
+        while True:
+            with timer("aug"):  # per-image ops once per chunk, CutMix/MixUp per batch
+                item = next(batches, None)
+            if item is None:
+                break
+            step, x, target = item
+            with timer("train"):
+                if run.cfg.train.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                # The last, smaller batch runs eagerly: a compiled step keeps one shape.
+                net = run.net if len(x) == b else run.model
+                loss, logits = train_step(net, run.loss_fn, run.optimizer, x, target, run.dtype, run.scaler)
+                run.scheduler.step()
+                loss_sum += loss * len(x)
+                correct += (logits.argmax(1) == target.argmax(1)).sum()  # vs the dominant label
+            acc["n"] += len(x)
+            bar.update()
+            if interrupt is not None and interrupt.requested:
+                break
+    phases = timer.totals()
+    acc.update(loss=float(loss_sum), correct=float(correct), steps=step,
+               time=acc["time"] + time.perf_counter() - t0,
+               time_train=acc["time_train"] + phases.get("train", 0.0),
+               time_aug=acc["time_aug"] + phases.get("aug", 0.0))
+    acc["diverged"] = not math.isfinite(acc["loss"])
+    acc["order_state"] = order_state
+    return acc
+
+
+def evaluate_run(run: Run) -> dict[str, dict]:
+    """Loss, accuracy and logits on each evaluation set ("test", and "val" if held out)."""
+    return {name: evaluate(run.net, x, y, run.loss_fn, run.mean, run.std, **run.predict_kw())
+            for name, (x, y) in run.eval_sets.items()}
+
+
+def end_epoch(run: Run, epoch: int, acc: dict, metrics: dict[str, dict], eval_s: float,
+              on_epoch: Callable[[list[dict]], None] | None = None) -> str | None:
+    """Record the epoch, checkpoint it, and decide: returns "early_stop" or None (go on)."""
+    tc = run.cfg.train
+    rec = {"epoch": epoch + 1, "train_loss": acc["loss"] / acc["n"], "train_acc": acc["correct"] / acc["n"],
+           "test_loss": metrics["test"]["loss"], "test_acc": metrics["test"]["acc"],
+           "lr": run.scheduler.get_last_lr()[0]}
+    if "val" in metrics:
+        rec.update(val_loss=metrics["val"]["loss"], val_acc=metrics["val"]["acc"])
+    rec.update(time=acc["time"] + eval_s, time_train=acc["time_train"], time_aug=acc["time_aug"],
+               time_eval=eval_s)
+    run.history.append(rec)
+    run.log(f"Epoch {epoch + 1}/{tc.epochs} runtime was: {rec['time']:.2f} seconds")
+    run.log(f"Epoch: {epoch + 1}, Train Acc: {rec['train_acc']:.4f}, Train Loss: {rec['train_loss']:.4f}, "
+            f"Test Acc: {rec['test_acc']:.4f}, Test Loss: {rec['test_loss']:.4f}"
+            + (f", Val Acc: {rec['val_acc']:.4f}" if "val" in metrics else ""))
+    improved = rec[tc.monitor] > run.best["metric"]
+    run.best = ({"metric": rec[tc.monitor], "epoch": epoch + 1, "since": 0} if improved
+                else {**run.best, "since": run.best["since"] + 1})
+    t = time.perf_counter()
+    save(run, epoch + 1, 0, None, best=improved)  # written while the next epoch trains
+    rec["time_checkpoint"] = time.perf_counter() - t  # in history.json; the checkpoint was written before it
+    if run.out is not None:
+        _write_history(run.out, run.history)
+    if on_epoch is not None:
+        on_epoch(run.history)
+    if tc.patience and run.best["since"] >= tc.patience:
+        run.log(f"Early stop: {tc.monitor} has not improved for {tc.patience} epochs "
+                f"(best {run.best['metric']:.4f} at epoch {run.best['epoch']})")
+        return "early_stop"
+    return None
+
+
+# ---------------------------------------------------------------------------- fit
 
 class _Interrupt:
     """Ctrl-C sets a flag so the loop can finish its step and save; a second Ctrl-C aborts."""
@@ -92,175 +329,79 @@ def fit(cfg: Config, data: CIFAR10 | None = None, out_dir: str | Path | None = N
     if out_dir is not None and resume is None and (Path(out_dir) / "last.pt").exists():
         raise ValueError(f"{out_dir} already holds a run: continue it with resume={str(out_dir)!r}, "
                          "or choose another out_dir (runs are never overwritten)")
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    device = pick_device(tc.device)
-    dtype = amp_dtype(tc.amp, device)
-    torch.manual_seed(tc.seed)
-
-    ds, val = subset(data if data is not None else load_cifar10(cfg.data.root), cfg.data)
-    mean, std = channel_stats(ds.train_x)
-    model = build_model(cfg.model).to(device)
-    if tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    run_model = torch.compile(model) if tc.compile else model
-    loss_fn = build_loss(cfg.loss, ds.classes).to(device)
-    batches = DeviceBatches(ds.train_x, ds.train_y, cfg.data.batch_size, shuffle=True,
-                            drop_last=cfg.data.drop_last, device=device, seed=tc.seed)
-    aug = BatchAugment(cfg.data, mean, std, num_classes=cfg.model.num_classes, seed=tc.seed + 1)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, epochs=tc.epochs, steps_per_epoch=len(batches))
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    test_x, test_y = ds.test_x.to(device), ds.test_y.to(device)
-    pred_kw = dict(batch_size=cfg.data.eval_batch_size, dtype=dtype, tta_flip=tc.tta_flip,
-                   channels_last=tc.channels_last)
-
-    history: list[dict] = []
-    best = {"metric": -math.inf, "epoch": 0, "since": 0}
+    run = build_run(cfg, data if data is not None else load_cifar10(cfg.data.root), out_dir, log)
     start_epoch, start_step, partial = 0, 0, None
-    prov = provenance(device)
-    meta = {"config": cfg.to_dict(), "seed": tc.seed, "mean": mean, "std": std, **prov}
     if resume is not None:
-        state = load_checkpoint(resume, map_location=device)
-        check_compatible(state, cfg, resume)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"], batches.generator, aug.generator)
-        history, best = state["history"], state["best"]
-        start_epoch, start_step, partial = state["epoch"], state["step"], state["partial"]
+        start_epoch, start_step, partial = restore(run, resume)
         log(f"Resumed from {resume} at epoch {start_epoch + 1}, step {start_step}"
             if start_epoch < tc.epochs else
             f"Reloaded {resume}: all {tc.epochs} epochs are done (delete the folder to train again)")
+    if run.out is not None:
+        _write_run_json(run, (start_epoch, start_step) if resume is not None else None)
+    if start_epoch < tc.epochs and run.net is not run.model:
+        run.meta["compile_s"] = warm_up(run)
+        log(f"Compiled ({resolve_compile(tc.compile, run.device)}) in {run.meta['compile_s']:.1f} s "
+            "(not counted in the epoch times)")
 
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        run_json = out / "run.json"
-        if resume is None or not run_json.exists():
-            write_json(run_json, meta)
-        elif start_epoch < tc.epochs:  # keep the original provenance; record where each resume ran
-            saved = json.loads(run_json.read_text())
-            saved.setdefault("resumes", []).append({"epoch": start_epoch, "step": start_step, **prov})
-            write_json(run_json, saved)
+    try:
+        status, test_logits = _epochs(run, start_epoch, start_step, partial, progress, on_epoch)
+    finally:
+        run.writer.wait()  # the last checkpoint is on disk before fit returns
 
-    def checkpoint(epoch: int, step: int, acc: dict | None, name: str = "last.pt",
-                   order_state: torch.Tensor | None = None) -> None:
-        if out is None:
-            return
-        rng = rng_state(batches.generator, aug.generator)
-        if order_state is not None:  # mid-epoch: resume redraws this epoch's order from here
-            rng["generators"][0] = order_state
-        save_checkpoint(out / name, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
-            "rng": rng, "epoch": epoch, "step": step, "partial": acc, "history": history,
-            "best": best, "config": cfg.to_dict(),
-            "meta": {k: v for k, v in meta.items() if k != "config"}})
+    test_x, test_y = run.eval_sets["test"]
+    if test_logits is None:  # no epoch finished in this call
+        test_logits = predict(run.net, test_x, run.mean, run.std, **run.predict_kw())
+    per_class = dict(zip(run.classes, per_class_accuracy(test_logits, test_y, cfg.model.num_classes)))
+    report = _report(run.history, per_class, tc.epochs)
+    if run.history:
+        log(report.split("\n\n", 1)[-1])
+    if run.out is not None and run.history:
+        atomic_write_text(run.out / "report.txt", report)
+        _save_curves(run.out, run.history)
+    return FitResult(run.model, run.history, per_class, status, run.out, report, run.meta)
 
+
+def _epochs(run: Run, start_epoch: int, start_step: int, partial: dict | None, progress: bool,
+            on_epoch: Callable[[list[dict]], None] | None) -> tuple[str, torch.Tensor | None]:
+    """The epoch loop: train, evaluate, record, and stop when told. Returns (status, last test logits)."""
     status, test_logits = "completed", None
-    epochs_bar = tqdm(range(start_epoch, tc.epochs), desc="epochs", disable=not progress,
-                      initial=start_epoch, total=tc.epochs)
-    with _Interrupt() as interrupt:
+    with _Interrupt() as interrupt, tqdm(range(start_epoch, run.cfg.train.epochs), desc="epochs", disable=not progress,
+                                         initial=start_epoch, total=run.cfg.train.epochs) as epochs_bar:
         for epoch in epochs_bar:
-            t0 = time.perf_counter()
-            order_state = batches.generator.get_state()  # before this epoch's shuffle
-            acc = partial or {"loss": 0.0, "correct": 0.0, "n": 0, "time": 0.0}
-            skip, partial, start_step = start_step, None, 0
-            bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}", leave=False,
-                       disable=not progress, initial=skip)
-            # Summed on the device (no sync per step), starting from a resumed epoch's partial sums
-            # so the additions happen in the same order as in an uninterrupted run.
-            loss_sum = torch.tensor(acc["loss"], device=device)
-            correct = torch.tensor(acc["correct"], device=device)
-            step = 0
-            for step, (xb, yb) in enumerate(batches, start=1):
-                if step <= skip:
-                    continue  # resuming mid-epoch: these batches were trained before
-                x, target = aug(xb, yb)
-                if tc.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                loss, logits = train_step(run_model, loss_fn, optimizer, x, target, dtype, scaler)
-                scheduler.step()
-                loss_sum += loss * len(yb)
-                correct += (logits.argmax(1) == target.argmax(1)).sum()  # vs the dominant label
-                acc["n"] += len(yb)
-                bar.update()
-                if (step % 50 == 0 or step == len(batches)) and not torch.isfinite(loss_sum):
-                    status = "diverged"
-                    break
-                if interrupt.requested:
-                    break
-            bar.close()
-            acc["loss"], acc["correct"] = float(loss_sum), float(correct)
-            acc["time"] += time.perf_counter() - t0
-            if status == "diverged":
-                log(f"Stopped: the training loss became NaN/inf in epoch {epoch + 1}. "
-                    + (f"The last good checkpoint in {out} is kept; " if out else "")
+            acc = train_epoch(run, epoch, start_step, partial, interrupt, progress)
+            start_step, partial = 0, None
+            if acc["diverged"]:
+                status = "diverged"
+                run.log(f"Stopped: the training loss became NaN/inf in epoch {epoch + 1}. "
+                    + (f"The last good checkpoint in {run.out} is kept; " if run.out else "")
                     + "try a lower optim.max_lr.")
                 break
-            if interrupt.requested and step < len(batches):
-                checkpoint(epoch, step, acc, order_state=order_state)
+            if interrupt.requested and acc["steps"] < len(run.batches):
+                saved = {k: acc[k] for k in ("loss", "correct", "n", "time", "time_train", "time_aug")}
+                save(run, epoch, acc["steps"], saved, order_state=acc["order_state"])
+                run.writer.wait()
                 status = "interrupted"
-                log(f"Interrupted in epoch {epoch + 1} after step {step}; "
-                    + (f"saved, resume with --resume {out}" if out else "no out_dir, nothing saved"))
+                run.log(f"Interrupted in epoch {epoch + 1} after step {acc['steps']}; "
+                    + (f"saved, resume with --resume {run.out}" if run.out else "no out_dir, nothing saved"))
                 break
-
-            # ---- end of epoch: evaluate, record, checkpoint, decide
-            test = evaluate(run_model, test_x, test_y, loss_fn, mean, std, **pred_kw)
-            test_logits = test["logits"]
-            rec = {"epoch": epoch + 1, "train_loss": acc["loss"] / acc["n"],
-                   "train_acc": acc["correct"] / acc["n"], "test_loss": test["loss"],
-                   "test_acc": test["acc"], "lr": scheduler.get_last_lr()[0]}
-            if val is not None:
-                v = evaluate(run_model, val[0].to(device), val[1].to(device), loss_fn, mean, std, **pred_kw)
-                rec.update(val_loss=v["loss"], val_acc=v["acc"])
-            rec["time"] = acc["time"]
-            history.append(rec)
-            log(f"Epoch {epoch + 1}/{tc.epochs} runtime was: {rec['time']:.2f} seconds")
-            log(f"Epoch: {epoch + 1}, Train Acc: {rec['train_acc']:.4f}, Train Loss: {rec['train_loss']:.4f}, "
-                f"Test Acc: {rec['test_acc']:.4f}, Test Loss: {rec['test_loss']:.4f}"
-                + (f", Val Acc: {rec['val_acc']:.4f}" if val is not None else ""))
-            epochs_bar.set_postfix(test_acc=f"{rec['test_acc']:.4f}")
-            improved = rec[tc.monitor] > best["metric"]
-            best = ({"metric": rec[tc.monitor], "epoch": epoch + 1, "since": 0} if improved
-                    else {**best, "since": best["since"] + 1})
-            checkpoint(epoch + 1, 0, None)
-            if improved:
-                checkpoint(epoch + 1, 0, None, name="best.pt")
-            if out is not None:
-                _write_history(out, history)
-            if on_epoch is not None:
-                on_epoch(history)
-            if tc.patience and best["since"] >= tc.patience:
-                status = "early_stop"
-                log(f"Early stop: {tc.monitor} has not improved for {tc.patience} epochs "
-                    f"(best {best['metric']:.4f} at epoch {best['epoch']})")
+            t = time.perf_counter()
+            metrics = evaluate_run(run)
+            test_logits = metrics["test"]["logits"]
+            status = end_epoch(run, epoch, acc, metrics, time.perf_counter() - t, on_epoch) or status
+            epochs_bar.set_postfix(test_acc=f"{metrics['test']['acc']:.4f}")
+            if status == "early_stop":
                 break
             if interrupt.requested:
                 status = "interrupted"
-                log(f"Interrupted after epoch {epoch + 1}; "
-                    + (f"saved, resume with --resume {out}" if out else "no out_dir, nothing saved"))
+                run.log(f"Interrupted after epoch {epoch + 1}; "
+                    + (f"saved, resume with --resume {run.out}" if run.out else "no out_dir, nothing saved"))
                 break
-            if tc.stop_after and tc.stop_after <= epoch + 1 < tc.epochs:
+            if run.cfg.train.stop_after and run.cfg.train.stop_after <= epoch + 1 < run.cfg.train.epochs:
                 status = "stop_after"
-                log(f"Stopping after epoch {epoch + 1} as asked (train.stop_after); "
-                    + (f"resume with --resume {out}" if out else "no out_dir, nothing to resume"))
+                run.log(f"Stopping after epoch {epoch + 1} as asked (train.stop_after); "
+                    + (f"resume with --resume {run.out}" if run.out else "no out_dir, nothing to resume"))
                 break
-    epochs_bar.close()
-
-    if test_logits is None:  # no epoch finished in this call
-        test_logits = predict(run_model, test_x, mean, std, **pred_kw)
-    per_class = dict(zip(ds.classes, per_class_accuracy(test_logits, test_y, cfg.model.num_classes)))
-    report = _report(history, per_class, tc.epochs)
-    if history:
-        log(report.split("\n\n", 1)[-1])
-    if out is not None and history:
-        atomic_write_text(out / "report.txt", report)
-        _save_curves(out, history)
-    return FitResult(model, history, per_class, status, out, report, meta)
+    return status, test_logits
 
 
 def _report(history: list[dict], per_class: dict[str, float], epochs: int) -> str:

@@ -39,7 +39,7 @@ def _cfg(*extra: str):
 
 
 def _strip_time(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in h.items() if k != "time"} for h in history]
+    return [{k: v for k, v in h.items() if not k.startswith("time")} for h in history]
 
 
 def test_fit_writes_a_complete_run_folder(data, tmp_path):

@@ -1,0 +1,341 @@
+"""What the course's training costs on this machine's GPU, in one command and one report.
+
+    make gpu-check                                        # ≤ 8 min on one H100/H200
+    python benchmarks/gpu_check.py --full                 # + Table 1's 200 epochs, accuracy vs the report
+    python benchmarks/gpu_check.py --smoke                # seconds on a CPU: checks this script itself
+
+Measures, prints, and writes to ``--out`` (default ``runs/gpu-check``) as
+``gpu_check.json`` and ``gpu_check.md``:
+
+1. device, versions and commit;
+2. ms per training step of the seed model (batch 128; forward, focal loss,
+   backward, SGD) for each mixing implementation, eager and compiled (CUDA
+   graphs, ``train.compile="cudagraphs"``), with compilation time, and whether a
+   compiled step computes what the eager one does;
+3. each block's forward + backward time per implementation, and what ``auto`` picks;
+4. augmentation throughput per chunk size (one epoch of 50,000 images: per-image
+   ops per chunk, CutMix/MixUp per batch);
+5. ``--epochs`` epochs of the seed preset through ``fit`` (Table 1's 200-epoch
+   schedule, stopped early), with each epoch's parts: training steps,
+   augmentation, evaluation, checkpoint writing; compilation apart;
+6. with ``--full``: the whole 200-epoch run, final and per-class test accuracy
+   beside the report's 92.75 %.
+
+Every figure is what this run measured; nothing is looked up or estimated,
+except the line marked "projected".
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks.model import print_blocks, time_blocks  # noqa: E402
+from helpers.analysis import REPORT_PER_CLASS  # noqa: E402
+from helpers.augment import BatchAugment  # noqa: E402
+from helpers.checkpoint import provenance  # noqa: E402
+from helpers.config import get_preset  # noqa: E402
+from helpers.data import channel_stats, load_cifar10  # noqa: E402
+from helpers.engine import amp_dtype, compile_model, forward_backward, pick_device, train_step  # noqa: E402
+from helpers.losses import build_loss  # noqa: E402
+from helpers.model import build_model  # noqa: E402
+from helpers.optim import build_optimizer  # noqa: E402
+from helpers.train import fit  # noqa: E402
+
+REPORT_ACC = 0.9275  # the seed report's final test accuracy (§5)
+IMPLS = ("naive", "stacked", "kernel", "auto")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------- 2. step time
+
+def time_step(cfg, impl: str, compile_mode: str, device: torch.device, steps: int, rounds: int,
+              backend: str = "inductor") -> dict:
+    """ms per training step of ``cfg``'s model under ``impl``, eager or compiled; median of ``rounds``."""
+    # Without dropout, so that compiled and eager steps see the same network: inductor draws
+    # its own random numbers. Dropout's cost is one element-wise op on (B, 1024).
+    cfg = cfg.replace(["model.dropout=0.0"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(device, memory_format=torch.channels_last).set_mix_impl(impl)
+    loss_fn = build_loss(cfg.loss).to(device)
+    opt = build_optimizer(model, cfg.optim)
+    dtype = amp_dtype(cfg.train.amp, device)
+    b, k = cfg.data.batch_size, cfg.model.num_classes
+    x = torch.randn(b, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    target = torch.nn.functional.one_hot(torch.arange(b, device=device) % k, k).float()
+    torch._dynamo.reset()  # a fresh compile per model: no earlier model's graphs count towards dynamo's limit
+    net = compile_model(model, compile_mode, device, backend=backend)
+    row = {"impl": impl, "compile": compile_mode}
+    if net is not model:  # does the compiled step compute the eager one? (same weights, same batch)
+        eager = copy.deepcopy(model)
+        torch.manual_seed(1)
+        ref, _ = forward_backward(eager, loss_fn, x, target, dtype)
+    t = time.perf_counter()
+    for _ in range(3):  # compile; CUDA graphs warm up, record, replay
+        train_step(net, loss_fn, opt, x, target, dtype)
+    _sync(device)
+    row["warmup_s"] = time.perf_counter() - t
+    if net is not model:
+        model.load_state_dict(eager.state_dict())
+        torch.manual_seed(1)
+        opt.zero_grad(set_to_none=True)
+        got, _ = forward_backward(net, loss_fn, x, target, dtype)
+        # Largest gradient difference over the largest gradient (per-tensor ratios would blow up
+        # on the ~1e-9 gradients of BatchNorm biases that another BatchNorm follows).
+        pairs = [(p.grad, q.grad) for p, q in zip(model.parameters(), eager.parameters()) if q.grad is not None]
+        scale = max(q.abs().max().item() for _, q in pairs)
+        diff = max((p - q).abs().max().item() for p, q in pairs)
+        row.update(loss_eager=ref.item(), loss_compiled=got.item(), grad_rel_diff=diff / scale,
+                   grads_finite=all(bool(torch.isfinite(p).all()) for p, _ in pairs))
+    times = []
+    for _ in range(rounds):
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            train_step(net, loss_fn, opt, x, target, dtype)
+        _sync(device)
+        times.append((time.perf_counter() - t) / steps)
+    ms = 1000 * statistics.median(times)
+    row.update(ms=ms, img_s=b / ms * 1000)
+    return row
+
+
+# ---------------------------------------------------------------------------- 4. augmentation
+
+def time_augment(cfg, data, device: torch.device, chunks: list[int], rounds: int = 2) -> list[dict]:
+    """Seconds for one epoch of augmentation (per-image ops per chunk, mixing per batch), per chunk size."""
+    mean, std = channel_stats(data.train_x)
+    x, y = data.train_x.to(device), data.train_y.to(device)
+    aug = BatchAugment(cfg.data, mean, std, seed=0)
+    order = torch.randperm(len(x), device=device)
+    rows = []
+    for chunk in chunks:
+        best = float("inf")
+        for r in range(rounds + 1):  # round 0 warms up
+            _sync(device)
+            t = time.perf_counter()
+            for _ in aug.epoch(x, y, order, cfg.data.batch_size, epoch=r, chunk=chunk):
+                pass
+            _sync(device)
+            if r:
+                best = min(best, time.perf_counter() - t)
+        rows.append({"chunk": chunk, "images": len(x), "epoch_s": best, "img_s": len(x) / best})
+    return rows
+
+
+# ---------------------------------------------------------------------------- 5./6. fit
+
+def run_fit(cfg, data, out: Path | None) -> dict:
+    """``fit`` with per-epoch wall-clock marks; returns history, compile time, status, per-class."""
+    marks, t0 = [], time.perf_counter()
+
+    def on_epoch(history: list[dict]) -> None:
+        h = history[-1]
+        marks.append(time.perf_counter())
+        print(f"  epoch {h['epoch']:3d}  wall {marks[-1] - (marks[-2] if len(marks) > 1 else t0):6.2f} s  "
+              f"(train {h['time_train']:.2f}, aug {h['time_aug']:.2f}, eval {h['time_eval']:.2f}, "
+              f"checkpoint {h['time_checkpoint']:.2f})  test acc {h['test_acc']:.4f}", flush=True)
+
+    torch._dynamo.reset()
+    result = fit(cfg, data, out_dir=out, progress=False, log=lambda s: None, on_epoch=on_epoch)
+    compile_s = result.meta.get("compile_s", 0.0)
+    # Wall time per epoch from the callbacks; the first epoch's includes the compilation.
+    walls = [b - a for a, b in zip([t0] + marks[:-1], marks)]
+    if walls:
+        walls[0] -= compile_s
+    return {"status": result.status, "compile_s": compile_s, "total_s": time.perf_counter() - t0,
+            "epoch_wall_s": walls, "history": result.history, "per_class": result.per_class}
+
+
+# ---------------------------------------------------------------------------- report
+
+def markdown(rep: dict) -> str:
+    p = rep["provenance"]
+    lines = [f"# GPU check: {p['device_name']} ({p['device']})", "",
+             f"torch {p['torch']}, torchvision {p['torchvision']}, Python {p['python']}, "
+             f"commit `{p['git_commit']}`, {rep['date']}; preset `{rep['preset']}`, batch {rep['batch']}.", "",
+             "## Training step of the model (forward, focal loss, backward, SGD)", "",
+             "| impl | compile | ms/step | img/s | compile + warm-up s | compiled vs eager |", "|---|---|---|---|---|---|"]
+    for r in rep["steps"]:
+        check = (f"loss {r['loss_compiled']:.5f} vs {r['loss_eager']:.5f}; max grad diff "
+                 f"{r['grad_rel_diff']:.1e} of the largest" + ("" if r["grads_finite"] else "; NON-FINITE GRADIENTS")
+                 if "loss_eager" in r else "")
+        lines.append(f"| {r['impl']} | {r['compile']} | {r['ms']:.2f} | {r['img_s']:,.0f} | "
+                     f"{r['warmup_s']:.1f} | {check} |")
+    impls = list(rep["blocks"][0]["ms"]) if rep["blocks"] else []
+    lines += ["", "## Each block, forward + backward, eager (ms)", "",
+              "| block | input | " + " | ".join(impls) + " | auto picks | auto's is fastest or ≤ naive |",
+              "|---|---|" + "---|" * len(impls) + "---|---|"]
+    for i, r in enumerate(rep["blocks"]):
+        ok = r["ms"][r["auto"]] <= r["ms"]["naive"] or r["ms"][r["auto"]] == min(r["ms"].values())
+        lines.append(f"| {i + 1} | {'×'.join(map(str, r['input']))} | "
+                     + " | ".join(f"{r['ms'][m]:.2f}" for m in impls) + f" | {r['auto']} | {'yes' if ok else 'NO'} |")
+    lines += ["", "## Augmentation, one epoch (per-image ops per chunk, mixing per batch)", "",
+              "| chunk (images) | s/epoch | img/s |", "|---|---|---|"]
+    lines += [f"| {r['chunk']:,} | {r['epoch_s']:.3f} | {r['img_s']:,.0f} |" for r in rep["augment"]]
+    for key, title in (("fit", "`fit`, {} preset (its own schedule), first epochs"),
+                       ("fit_laptop", "`fit`, {} preset, first epochs"),
+                       ("full", "`fit`, the full {} preset")):
+        f = rep.get(key)
+        if not f:
+            continue
+        lines += ["", f"## {title.format(f.get('preset', rep['preset']))}", "", f"Compilation (apart): {f['compile_s']:.1f} s. Status: {f['status']}. "
+                  f"Total wall time: {f['total_s']:.1f} s.", "",
+                  "| epoch | wall s | train s | aug s | eval s | checkpoint s | test acc |", "|---|---|---|---|---|---|---|"]
+        rows = list(zip(f["history"], f["epoch_wall_s"]))
+        if len(rows) > 12:  # a long run: the first five and the last five epochs
+            rows = rows[:5] + rows[-5:]
+        lines += [f"| {h['epoch']} | {w:.2f} | {h['time_train']:.2f} | {h['time_aug']:.2f} | {h['time_eval']:.2f} | "
+                  f"{h['time_checkpoint']:.2f} | {h['test_acc']:.4f} |" for h, w in rows]
+        lines += ["", f"Mean wall time per epoch after the first: {f['mean_epoch_s']:.2f} s."]
+        if key != "full":
+            lines += [f"Projected full run ({f['epochs_total']} × that + compilation): "
+                      f"{f['projected_s'] / 60:.1f} min."]
+        else:
+            lines += ["", f"Final test accuracy {f['history'][-1]['test_acc']:.4f} (report: {REPORT_ACC:.4f}).", "",
+                      "| class | this run | report |", "|---|---|---|"]
+            lines += [f"| {c} | {a:.2f} | {REPORT_PER_CLASS.get(c, float('nan')):.2f} |"
+                      for c, a in f["per_class"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _summarise_fit(f: dict, epochs_total: int) -> dict:
+    later = f["epoch_wall_s"][1:] or f["epoch_wall_s"]
+    f["mean_epoch_s"] = statistics.mean(later) if later else float("nan")
+    f["epochs_total"] = epochs_total
+    f["projected_s"] = f["compile_s"] + epochs_total * f["mean_epoch_s"]
+    return f
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="a tiny model and data: checks the script on a CPU in seconds")
+    p.add_argument("--full", action="store_true", help="also train Table 1's 200 epochs and compare accuracy")
+    p.add_argument("--epochs", type=int, default=5, help="seed-preset epochs timed through fit (default 5)")
+    p.add_argument("--steps", type=int, default=50, help="timed steps per round in the step benchmark")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per step benchmark (median reported)")
+    p.add_argument("--compiled-impls", default="naive,stacked,kernel",
+                   help="implementations timed compiled too (each compiles for ~30-50 s)")
+    p.add_argument("--backend", default="inductor", help="torch.compile backend (tests use aot_eager)")
+    p.add_argument("--skip-bench", action="store_true", help="with --full: only the full run")
+    p.add_argument("--full-dir", help="run folder of the --full run (default: <out>/full-run)")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--commit", help="the commit to report, where the checkout is a copy without .git")
+    p.add_argument("--out", default="runs/gpu-check", help="folder for gpu_check.json / .md (and the --full run)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field of the timed preset")
+    args = p.parse_args(argv)
+
+    preset = "smoke" if args.smoke else "seed"
+    cfg = get_preset(preset, args.overrides)
+    device = pick_device(cfg.train.device)
+    if device.type != "cuda" and not args.smoke:
+        print(f"No CUDA device here ({device}): the figures would not be GPU figures. "
+              "Run on a GPU machine, or use --smoke to check the script.", file=sys.stderr)
+        return 2
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as fit sets it
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rep = {"date": time.strftime("%Y-%m-%d %H:%M"), "preset": preset, "batch": cfg.data.batch_size,
+           "overrides": args.overrides, "provenance": provenance(device)}
+    prov = rep["provenance"]
+    if args.commit:
+        prov["git_commit"] = args.commit
+    print(f"{prov['device_name']} ({device}) | torch {prov['torch']} | torchvision {prov['torchvision']} | "
+          f"commit {prov['git_commit']} | preset {preset}, batch {cfg.data.batch_size}", flush=True)
+
+    def save() -> None:  # after every section: a run cut short still leaves its figures
+        (out / "gpu_check.json").write_text(json.dumps(rep, indent=2, default=str) + "\n")
+        (out / "gpu_check.md").write_text(markdown(rep))
+
+    rep["steps"], rep["blocks"], rep["augment"] = [], [], []
+    data = load_cifar10(args.data_dir)
+    if args.smoke:
+        train_n, test_n = 1024, 512
+        data = type(data)(data.train_x[:train_n], data.train_y[:train_n], data.test_x[:test_n],
+                          data.test_y[:test_n], data.classes)
+    if not args.skip_bench:
+        bench(args, rep, cfg, data, device, save)
+    if args.full:
+        run = Path(args.full_dir) if args.full_dir else out / "full-run"
+        print(f"\n6. fit: the full {preset} preset ({cfg.train.epochs} epochs) into {run}", flush=True)
+        if (run / "last.pt").exists():
+            print(f"  {run} already holds a run: move it away first", file=sys.stderr)
+            return 2
+        rep["full"] = _summarise_fit(run_fit(cfg, data, run), cfg.train.epochs)
+        f = rep["full"]
+        print(f"  final test accuracy {f['history'][-1]['test_acc']:.4f} (report {REPORT_ACC:.4f}) after "
+              f"{len(f['history'])} epochs, {f['total_s'] / 60:.1f} min in all (compilation {f['compile_s']:.0f} s)")
+        save()
+    print(f"\nwritten: {out / 'gpu_check.json'}, {out / 'gpu_check.md'}")
+    return 0
+
+
+def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
+    """Sections 2-5: step time, blocks, augmentation, a few epochs of fit."""
+    preset = rep["preset"]
+    steps, rounds = (2, 1) if args.smoke else (args.steps, args.rounds)
+    print("\n2. training step per mixing implementation", flush=True)
+    compiled = [] if device.type != "cuda" and args.backend == "inductor" else args.compiled_impls.split(",")
+    for mode, impls in (("off", IMPLS), ("cudagraphs", compiled)):
+        for impl in impls:
+            if not impl:
+                continue
+            r = time_step(cfg, impl, mode, device, steps, rounds, args.backend)
+            rep["steps"].append(r)
+            print(f"  {impl:>8} {mode:>10}: {r['ms']:7.2f} ms/step {r['img_s']:9,.0f} img/s "
+                  f"(warm-up {r['warmup_s']:.1f} s)"
+                  + (f"  loss compiled {r['loss_compiled']:.5f} vs eager {r['loss_eager']:.5f}, "
+                     f"grads within {r['grad_rel_diff']:.1e} of the largest"
+                     + ("" if r["grads_finite"] else ", NON-FINITE GRADIENTS") if "loss_eager" in r else ""),
+                  flush=True)
+            save()
+
+    print("\n3. each block per implementation (eager)", flush=True)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    rep["blocks"] = time_blocks(model, ["naive", "stacked", "kernel"], cfg.data.batch_size, rounds + 2,
+                                device, channels_last=True, amp=amp_dtype(cfg.train.amp, device))
+    print_blocks(rep["blocks"], rounds + 2)
+    del model
+    save()
+
+    print("\n4. augmentation, one epoch", flush=True)
+    chunks = [128, 1024, 8192] if args.smoke else [128, 1024, 8192, 50000]
+    rep["augment"] = time_augment(cfg, data, device, chunks, rounds=1 if args.smoke else 2)
+    for r in rep["augment"]:
+        print(f"  chunk {r['chunk']:6d}: {r['epoch_s']:.3f} s/epoch  {r['img_s']:12,.0f} img/s", flush=True)
+    save()
+
+    # The preset's own schedule, stopped after a few epochs; then the laptop preset (CPU-sized) here.
+    for key, name in (("fit", preset), ("fit_laptop", "smoke" if args.smoke else "laptop")):
+        fcfg = cfg if key == "fit" else get_preset(name, args.overrides)
+        epochs = min(args.epochs if key == "fit" else 3, fcfg.train.epochs)
+        print(f"\n5. fit: {name} preset, {epochs} of its {fcfg.train.epochs} epochs", flush=True)
+        with tempfile.TemporaryDirectory(dir=args.out) as tmp:  # checkpoints are written (and timed), then dropped
+            fcfg = fcfg.replace([f"train.stop_after={epochs}"] if epochs < fcfg.train.epochs else [])
+            rep[key] = _summarise_fit(run_fit(fcfg, data, Path(tmp) / "run"), fcfg.train.epochs)
+            rep[key]["preset"] = name
+        f = rep[key]
+        print(f"  compilation {f['compile_s']:.1f} s; mean epoch after the first {f['mean_epoch_s']:.2f} s; "
+              f"projected {fcfg.train.epochs} epochs: {f['projected_s'] / 60:.1f} min", flush=True)
+        save()
+
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
