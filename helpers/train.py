@@ -137,6 +137,9 @@ def warm_up(run: Run) -> float:
         x = x.contiguous(memory_format=torch.channels_last)
     target = torch.full((b, k), 1 / k, device=run.device)
     for _ in range(3):  # CUDA graphs: the first call warms up, the second records, the third replays
+        # Fresh gradients each time, as train_step: accumulating into the last call's would read
+        # memory that the CUDA graphs own and have since reused.
+        run.model.zero_grad(set_to_none=True)
         forward_backward(run.net, run.loss_fn, x, target, run.dtype)
     run.model.zero_grad(set_to_none=True)
     run.model.load_state_dict(weights)  # copies in place: the graphs keep pointing at the weights
