@@ -2,6 +2,7 @@
 #   make lab    set up, get the data, open the course in JupyterLab
 #   make test   the whole test suite (pytest + every notebook under nbval, smoke preset)
 #   make train  the full recipe from the command line: make train ARGS="--preset seed"
+#   make gpu-check  what training costs on this machine's GPU (ARGS="--full" adds the whole seed preset)
 PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -11,7 +12,7 @@ DATA    := data/cifar-10-batches-py
 OFFLINE := ../shared/data/cifar10/make_batches.py
 ARGS    ?=
 
-.PHONY: lab test train data venv clean-venv
+.PHONY: lab test train gpu-check data venv clean-venv
 
 venv: $(STAMP)
 
@@ -38,6 +39,9 @@ test: $(STAMP) $(DATA)
 
 train: $(STAMP) $(DATA)
 	$(BIN)/python -m helpers.train $(ARGS)
+
+gpu-check: $(STAMP) $(DATA)
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

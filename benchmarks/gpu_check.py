@@ -1,6 +1,6 @@
 """What the course's training costs on this machine's GPU, in one command and one report.
 
-    make gpu-check                                        # ≤ 8 min on one H100/H200
+    make gpu-check                                        # minutes on one H100/H200
     python benchmarks/gpu_check.py --full                 # + Table 1's 200 epochs, accuracy vs the report
     python benchmarks/gpu_check.py --smoke                # seconds on a CPU: checks this script itself
 
@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -138,24 +139,42 @@ def time_augment(cfg, data, device: torch.device, chunks: list[int], rounds: int
 # ---------------------------------------------------------------------------- 5./6. fit
 
 def run_fit(cfg, data, out: Path | None) -> dict:
-    """``fit`` with per-epoch wall-clock marks; returns history, compile time, status, per-class."""
-    marks, t0 = [], time.perf_counter()
+    """``fit`` with per-epoch wall-clock marks and host-sync counts; returns history, compile time,
+    status, per-class accuracy.
+
+    On CUDA, torch's sync debug mode warns at every operation that makes the host wait for the GPU;
+    counting them per epoch shows whether any step syncs (391 steps an epoch) or only the epoch's end.
+    """
+    marks, syncs, t0 = [], [], time.perf_counter()
+    caught: list = []
 
     def on_epoch(history: list[dict]) -> None:
         h = history[-1]
+        syncs.append(sum("synchroniz" in str(w.message) for w in caught) - sum(syncs))
         marks.append(time.perf_counter())
         print(f"  epoch {h['epoch']:3d}  wall {marks[-1] - (marks[-2] if len(marks) > 1 else t0):6.2f} s  "
               f"(train {h['time_train']:.2f}, aug {h['time_aug']:.2f}, eval {h['time_eval']:.2f}, "
               f"checkpoint {h['time_checkpoint']:.2f})  test acc {h['test_acc']:.4f}", flush=True)
 
     torch._dynamo.reset()
-    result = fit(cfg, data, out_dir=out, progress=False, log=lambda s: None, on_epoch=on_epoch)
+    cuda = torch.cuda.is_available() and pick_device(cfg.train.device).type == "cuda"
+    with warnings.catch_warnings(record=True) as caught_now:
+        warnings.simplefilter("always")
+        caught = caught_now
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            result = fit(cfg, data, out_dir=out, progress=False, log=lambda s: None, on_epoch=on_epoch)
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode(0)
     compile_s = result.meta.get("compile_s", 0.0)
     # Wall time per epoch from the callbacks; the first epoch's includes the compilation.
     walls = [b - a for a, b in zip([t0] + marks[:-1], marks)]
     if walls:
         walls[0] -= compile_s
     return {"status": result.status, "compile_s": compile_s, "total_s": time.perf_counter() - t0,
+            "host_syncs_per_epoch": syncs if cuda else None,
             "epoch_wall_s": walls, "history": result.history, "per_class": result.per_class}
 
 
@@ -200,6 +219,9 @@ def markdown(rep: dict) -> str:
         lines += [f"| {h['epoch']} | {w:.2f} | {h['time_train']:.2f} | {h['time_aug']:.2f} | {h['time_eval']:.2f} | "
                   f"{h['time_checkpoint']:.2f} | {h['test_acc']:.4f} |" for h, w in rows]
         lines += ["", f"Mean wall time per epoch after the first: {f['mean_epoch_s']:.2f} s."]
+        if f.get("host_syncs_per_epoch"):
+            lines += [f"Host syncs per epoch (torch.cuda sync debug mode; the first includes compiling): "
+                      f"{f['host_syncs_per_epoch'][:10]}."]
         if key != "full":
             lines += [f"Projected full run ({f['epochs_total']} × that + compilation): "
                       f"{f['projected_s'] / 60:.1f} min."]

@@ -342,12 +342,12 @@ def fit(cfg: Config, data: CIFAR10 | None = None, out_dir: str | Path | None = N
         log(f"Resumed from {resume} at epoch {start_epoch + 1}, step {start_step}"
             if start_epoch < tc.epochs else
             f"Reloaded {resume}: all {tc.epochs} epochs are done (delete the folder to train again)")
-    if run.out is not None:
-        _write_run_json(run, (start_epoch, start_step) if resume is not None else None)
     if start_epoch < tc.epochs and run.net is not run.model:
         run.meta["compile_s"] = warm_up(run)
         log(f"Compiled ({resolve_compile(tc.compile, run.device)}) in {run.meta['compile_s']:.1f} s "
             "(not counted in the epoch times)")
+    if run.out is not None:
+        _write_run_json(run, (start_epoch, start_step) if resume is not None else None)
 
     try:
         status, test_logits = _epochs(run, start_epoch, start_step, partial, progress, on_epoch)

@@ -198,3 +198,45 @@ def test_mix_p_zero_gives_one_hot():
         xa, ya = aug(x, y)
         assert torch.equal(ya, torch.nn.functional.one_hot(y, 10).float())
         assert torch.isfinite(xa).all()
+
+
+# ---------------------------------------------------------------------------- BatchAugment.epoch
+
+
+def _epoch(aug, x, y, order, chunk, start=0, epoch=2, batch=64):
+    return [(s, xb.clone(), yb.clone()) for s, xb, yb in aug.epoch(x, y, order, batch, epoch, chunk=chunk, start=start)]
+
+
+def test_epoch_is_the_same_whatever_the_chunk_size():
+    x, y = _images(300), torch.arange(300) % 10  # 5 batches of 64, the last of 44
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(0))
+    aug = BatchAugment(DataConfig(), MEAN, STD, seed=5)  # every op on, CutMix/MixUp on
+    per_batch = _epoch(aug, x, y, order, chunk=64)
+    assert [s for s, _, _ in per_batch] == [1, 2, 3, 4, 5] and len(per_batch[-1][1]) == 44
+    for chunk in (1, 128, 200, 10_000):  # below a batch, whole batches, not a multiple, all at once
+        other = _epoch(aug, x, y, order, chunk=chunk)
+        assert all(torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in zip(per_batch, other)), chunk
+
+
+def test_epoch_batch_is_the_per_batch_pipeline_with_that_batch_s_generator():
+    # Each batch equals augment → normalise → mix on its own images with batch_generator(epoch, step):
+    # so the per-image exactness tests above hold for the chunked path too.
+    x, y = _images(200), torch.arange(200) % 10
+    order = torch.randperm(200, generator=torch.Generator().manual_seed(1))
+    aug = BatchAugment(DataConfig(), MEAN, STD, seed=0)
+    for step, xb, yb in _epoch(aug, x, y, order, chunk=10_000, epoch=7):
+        idx = order[(step - 1) * 64:step * 64]
+        g = aug.batch_generator(7, step)
+        want_x, want_y = aug.mix(normalize(aug.augment(x[idx], g), MEAN, STD), y[idx], g)
+        assert torch.equal(xb, want_x) and torch.equal(yb, want_y), step
+
+
+def test_epoch_resumed_mid_way_yields_the_rest_exactly_and_epochs_differ():
+    x, y = _images(300), torch.arange(300) % 10
+    aug = BatchAugment(DataConfig(), MEAN, STD, seed=0)
+    full = _epoch(aug, x, y, None, chunk=128)
+    rest = _epoch(aug, x, y, None, chunk=128, start=3)  # steps 1-3 were trained before the interruption
+    assert [s for s, _, _ in rest] == [4, 5]
+    assert all(torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in zip(full[3:], rest))
+    other_epoch = _epoch(aug, x, y, None, chunk=128, epoch=3)
+    assert not torch.equal(full[0][1], other_epoch[0][1])  # a new epoch draws new parameters

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import helpers.train as train_mod
-from helpers.checkpoint import (CheckpointError, atomic_write_bytes, check_compatible, config_mismatches,
+from helpers.checkpoint import (CheckpointError, CheckpointWriter, atomic_write_bytes, check_compatible, config_mismatches,
                                 load_checkpoint, save_checkpoint)
 from helpers.config import get_preset
 from helpers.data import CIFAR10, load_cifar10
@@ -217,3 +217,35 @@ def test_module_entry_point_runs_cleanly():
                           cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--preset" in proc.stdout and "Warning" not in proc.stderr
+
+
+def test_best_pt_is_the_best_epoch_s_checkpoint(data, tmp_path):
+    r = fit(_cfg("train.epochs=4"), data, out_dir=tmp_path, progress=False, log=lambda s: None)
+    best_epoch = max(r.history, key=lambda h: h["test_acc"])["epoch"]  # the first of equal maxima
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == best_epoch
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 4
+    assert {"time_train", "time_aug", "time_eval", "time_checkpoint"} <= set(r.history[-1])
+
+
+def test_checkpoint_writer_links_and_reports_errors(tmp_path):
+    writer = CheckpointWriter()
+    writer.write(tmp_path / "last.pt", {"model": {"w": torch.ones(2)}, "config": {}}, links=(tmp_path / "best.pt",))
+    writer.write(tmp_path / "last.pt", {"model": {"w": torch.zeros(2)}, "config": {}})  # waits for the first
+    writer.wait()
+    assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.ones(2))  # untouched
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.zeros(2))
+    state = {"model": {"w": torch.ones(2)}, "config": {}}
+    writer.write(tmp_path / "missing" / "deeper" / "last.pt", state)
+    (tmp_path / "missing").write_text("a file where a folder should be")
+    with pytest.raises(CheckpointError, match="writing a checkpoint failed"):
+        writer.wait()
+    writer.wait()  # the error is reported once
+
+
+def test_a_snapshot_is_taken_before_write_returns(tmp_path):
+    w = torch.ones(3)
+    writer = CheckpointWriter()
+    writer.write(tmp_path / "last.pt", {"model": {"w": w}, "config": {}})
+    w.add_(1)  # training goes on changing the weights while the file is written
+    writer.wait()
+    assert torch.equal(load_checkpoint(tmp_path)["model"]["w"], torch.ones(3))

@@ -1,0 +1,43 @@
+"""benchmarks/gpu_check.py runs end to end on a CPU (--smoke) and writes its JSON and Markdown."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def test_smoke_mode_writes_every_section(cifar, tmp_path, capsys):
+    from benchmarks.gpu_check import main
+    code = main(["--smoke", "--backend", "aot_eager", "--compiled-impls", "stacked", "--full",
+                 "--data-dir", str(ROOT / "data"), "--out", str(tmp_path), "--commit", "abc1234"])
+    assert code == 0
+    rep = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert rep["provenance"]["git_commit"] == "abc1234" and rep["preset"] == "smoke"
+    steps = {(r["impl"], r["compile"]): r for r in rep["steps"]}
+    assert {("naive", "off"), ("stacked", "off"), ("kernel", "off"), ("auto", "off"), ("stacked", "cudagraphs")} == set(steps)
+    compiled = steps[("stacked", "cudagraphs")]
+    assert compiled["grads_finite"] and abs(compiled["loss_compiled"] - compiled["loss_eager"]) < 1e-4
+    assert len(rep["blocks"]) == 3 and all(set(b["ms"]) == {"naive", "stacked", "kernel"} for b in rep["blocks"])
+    assert [a["chunk"] for a in rep["augment"]] == [128, 1024, 8192]
+    for key in ("fit", "fit_laptop", "full"):
+        assert len(rep[key]["history"]) == 2 and rep[key]["status"] == "completed"
+        assert {"time_train", "time_aug", "time_eval", "time_checkpoint"} <= set(rep[key]["history"][0])
+    assert set(rep["full"]["per_class"]) == {"plane", "car", "bird", "cat", "deer", "dog", "frog", "horse",
+                                             "ship", "truck"}
+    md = (tmp_path / "gpu_check.md").read_text()
+    for words in ("ms/step", "auto picks", "s/epoch", "Final test accuracy", "| cat |"):
+        assert words in md, words
+
+
+def test_refuses_to_report_cpu_figures_as_gpu_figures(capsys):
+    from benchmarks.gpu_check import main
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["--out", "/nonexistent"]) == 2
+    assert "No CUDA device" in capsys.readouterr().err
