@@ -23,6 +23,7 @@ same whatever the chunk size, and a run resumed mid-epoch redraws it exactly.
 """
 from __future__ import annotations
 
+import functools
 from typing import Iterator, Sequence
 
 import torch
@@ -55,17 +56,24 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
+@functools.lru_cache(maxsize=32)
+def _per_channel(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Made once per device: a tensor built from Python numbers is a host→device copy that waits
+    # for the GPU to finish its queue (torch.cuda.set_sync_debug_mode flags it). Never modified.
+    return torch.tensor(values, dtype=dtype, device=device).view(1, -1, 1, 1)  # (1, C, 1, 1)
+
+
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 or [0, 1] images (B, 3, H, W) → per-channel standardised float32."""
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    m = _per_channel(tuple(map(float, mean)), x.device, torch.float32)
+    s = _per_channel(tuple(map(float, std)), x.device, torch.float32)
     return (to_float(x) - m) / s
 
 
 def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Inverse of ``normalize``, clamped to [0, 1] for display."""
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    m = _per_channel(tuple(map(float, mean)), x.device, x.dtype)
+    s = _per_channel(tuple(map(float, std)), x.device, x.dtype)
     return (x * s + m).clamp(0, 1)
 
 
@@ -129,7 +137,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     h6 = (num / dc + 6.0 * shift.view(-1, 1, 1)).unsqueeze(1)  # (B, 1, H, W), shifted
     # HSV → RGB in closed form: channel n ∈ (R 5, G 3, B 1) is V − V·S·clamp(min(k, 4 − k), 0, 1),
     # k = (n + 6h) mod 6. Equal to torchvision's six-case (v, p, q, t) table, without a gather.
-    k = _mod6(h6 + x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1))  # (B, 3, H, W)
+    k = _mod6(h6 + _per_channel((5.0, 3.0, 1.0), x.device, x.dtype))  # (B, 3, H, W)
     return maxc.unsqueeze(1) - delta.unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp(0, 1)
 
 
@@ -165,7 +173,12 @@ class BatchAugment:
 
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """uint8 (B, 3, H, W) and ``draw``'s parameters → augmented float (B, 3, H, W) in [0, 1]."""
-        p = {k: v.to(x.device, non_blocking=True) for k, v in params.items()}
+        p = {}
+        if params:  # one copy to the device for all of them, asynchronous on CUDA (page-locked memory)
+            packed = torch.stack(list(params.values()))                  # (ops, B) on the CPU
+            if x.device.type == "cuda":
+                packed = packed.pin_memory()
+            p = dict(zip(params, packed.to(x.device, non_blocking=True)))
         x = to_float(x)
         if "flip" in p:
             x = hflip(x, p["flip"] < self.cfg.flip_p)

@@ -235,8 +235,8 @@ def test_checkpoint_writer_links_and_reports_errors(tmp_path):
     assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model"]["w"], torch.ones(2))  # untouched
     assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], torch.zeros(2))
     state = {"model": {"w": torch.ones(2)}, "config": {}}
-    writer.write(tmp_path / "missing" / "deeper" / "last.pt", state)
-    (tmp_path / "missing").write_text("a file where a folder should be")
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    writer.write(tmp_path / "blocker" / "last.pt", state)  # returns at once; the write fails later
     with pytest.raises(CheckpointError, match="writing a checkpoint failed"):
         writer.wait()
     writer.wait()  # the error is reported once
