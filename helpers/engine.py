@@ -65,7 +65,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 # ---------------------------------------------------------------------------- compilation
 
 # train.compile → torch.compile's mode. "reduce-overhead" records the compiled step as CUDA
-# graphs: one launch replays hundreds of kernels, which is what a launch-bound step needs.
+# graphs: one launch replays all of the step's kernels, which is what a launch-bound step needs.
 COMPILE_MODES = {"default": "default", "cudagraphs": "reduce-overhead"}
 
 

@@ -48,10 +48,11 @@ MIX_IMPLS = ("naive", "stacked", "kernel")
 # ("stacked") beats K GEMMs ("naive") while its (B, K·C_out, H, W) output stays small:
 # 1.1–1.4× at K·C_out = 1024 in fp32 and bf16, but 1.1–1.5× slower at 3072–4096
 # (BENCHMARKS.md, "Training (issue 5)").
-# CUDA (one H200, torch 2.11, batch 128, bf16, eager; shared/GPU_MEASUREMENTS.md and
-# BENCHMARKS.md "GPU"): "stacked" is the fastest whole-model step, 15–19 ms against 20–27 for
-# "naive" and 52–67 for "kernel" (seed model); 11.2 / 15.4 / 19.4 ms (laptop model). A GPU is
-# launch-bound at this size, so one large convolution beats K small ones and the per-image
+# CUDA (H200, torch 2.11, batch 128, bf16, eager; BENCHMARKS.md "GPU (issue 11)"): "stacked" is
+# the fastest whole-model step, 13.4 ms against 16.8 for "naive" and 49.4 for "kernel" (seed
+# model; laptop model 11.2 / 15.4 / 19.4 ms), and the fastest block in blocks 2–6 (block 1, at
+# 32×32: "kernel" 10 % faster on one of two machines, "stacked" on the other). A GPU is
+# launch-bound at this size: one large convolution beats K small ones, and the per-image
 # grouped convolution is slowest. `benchmarks/gpu_check.py` re-times every block per impl.
 KERNEL_MIN_HW = {"cpu": 64}                        # smallest H_out·W_out at which "kernel" is chosen
 STACKED_MAX_OUT = {"cpu": 1024, "cuda": math.inf}  # below that size, "stacked" up to this K·C_out, else:
