@@ -162,7 +162,8 @@ def _laptop() -> Config:
     # - nine epochs cannot overfit, they underfit: rotation, colour jitter, CutMix/MixUp and
     #   dropout are off (+3-5 points after 3 epochs), flips stay at the common p = 0.5;
     # - the seed's batch of 128 with a peak lr of 0.4 (80.3 % in 8 epochs) beat batch 256 with
-    #   0.8 (79.1 %); at batch 256, peaks of 0.2 / 0.4 / 0.8 gave 62 / 68 / 71 % after 3 epochs;
+    #   0.8 (79.1 %); at batch 256, with all else equal, a peak of 0.4 beat 0.2 after 3 epochs
+    #   (65.2 % vs 62.0 %, BENCHMARKS.md probes A0 / A4);
     # - nine epochs (81.6 % in 9.5 min) since the 4x4 block runs "stacked" (a step ~15 % faster);
     #   K = 2 bought 10-11 epochs but ended lower (80.7-81.2 %), so K stays Table 1's 4.
     return apply_overrides(Config(), {
