@@ -16,7 +16,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import CLASSES, Config
-from .engine import predict
+from .engine import amp_dtype, predict
 from .model import build_model
 
 # Rows of `probs` must sum to 1 within this: catches logits passed by mistake.
@@ -176,12 +176,17 @@ def predictions(model: nn.Module | str | Path, x: torch.Tensor, y: torch.Tensor,
         x: (N, 3, H, W) uint8 images; y: (N,) labels.
         mean, std: the normalisation the model was trained with (required for a model).
         tta_flip: average the logits of each image and its mirror (``helpers.engine.predict``).
+        dtype: the autocast dtype. For a run folder, None means the run's own ``train.amp``,
+            the precision ``fit`` evaluated in, so the accuracy is the one it reported; for a
+            model, None is fp32 (pass ``amp_dtype(cfg.train.amp, device)`` to match ``fit``).
     """
     if isinstance(model, (str, Path)):
         loaded = load_run_model(model, device=device)
         model = loaded.model
         mean = loaded.mean if mean is None else mean
         std = loaded.std if std is None else std
+        if dtype is None:
+            dtype = amp_dtype(loaded.cfg.train.amp, torch.device(device))
     if mean is None or std is None:
         raise ValueError("pass the model's training mean and std (e.g. FitResult.meta['mean'], "
                          "or load_run_model(run).mean)")
