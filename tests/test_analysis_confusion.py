@@ -21,7 +21,7 @@ from helpers.analysis import (REPORT_PER_CLASS, Predictions, compare_with_report
                               most_confused_pairs, per_class_metrics, predictions, row_normalize)
 from helpers.checkpoint import CheckpointError, save_checkpoint
 from helpers.config import CLASSES, get_preset
-from helpers.engine import predict
+from helpers.engine import amp_dtype, predict
 from helpers.model import build_model
 
 LABELS = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
@@ -185,8 +185,9 @@ def test_load_run_model_and_predictions_from_a_run_folder(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v), k
     x = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([0, 1, 2, 3, 4])
-    from_run = predictions(tmp_path, x, y)  # mean/std from the checkpoint
-    assert torch.allclose(from_run.logits, predict(model, x, meta["mean"], meta["std"]), atol=1e-6)
+    from_run = predictions(tmp_path, x, y)  # mean/std and the evaluation precision from the checkpoint
+    same_as_fit = amp_dtype(cfg.train.amp, torch.device("cpu"))  # what fit evaluated the run in
+    assert torch.equal(from_run.logits, predict(model, x, meta["mean"], meta["std"], dtype=same_as_fit))
 
 
 def test_find_checkpoint_prefers_best_then_last(tmp_path):
