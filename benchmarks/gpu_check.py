@@ -173,7 +173,10 @@ def run_fit(cfg, data, out: Path | None) -> dict:
     walls = [b - a for a, b in zip([t0] + marks[:-1], marks)]
     if walls:
         walls[0] -= compile_s
+    if result.meta.get("compile_error"):
+        print(f"  COMPILING FAILED, so these epochs ran eagerly: {result.meta['compile_error']}", flush=True)
     return {"status": result.status, "compile_s": compile_s, "total_s": time.perf_counter() - t0,
+            "compile_error": result.meta.get("compile_error"),
             "host_syncs_per_epoch": syncs if cuda else None,
             "epoch_wall_s": walls, "history": result.history, "per_class": result.per_class}
 
@@ -210,7 +213,10 @@ def markdown(rep: dict) -> str:
         f = rep.get(key)
         if not f:
             continue
-        lines += ["", f"## {title.format(f.get('preset', rep['preset']))}", "", f"Compilation (apart): {f['compile_s']:.1f} s. Status: {f['status']}. "
+        lines += ["", f"## {title.format(f.get('preset', rep['preset']))}", ""]
+        if f.get("compile_error"):
+            lines += [f"**Compiling failed, so these epochs ran eagerly:** {f['compile_error']}", ""]
+        lines += [f"Compilation (apart): {f['compile_s']:.1f} s. Status: {f['status']}. "
                   f"Total wall time: {f['total_s']:.1f} s.", "",
                   "| epoch | wall s | train s | aug s | eval s | checkpoint s | test acc |", "|---|---|---|---|---|---|---|"]
         rows = list(zip(f["history"], f["epoch_wall_s"]))

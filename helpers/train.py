@@ -136,14 +136,16 @@ def warm_up(run: Run) -> float:
     if run.cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     target = torch.full((b, k), 1 / k, device=run.device)
-    for _ in range(3):  # CUDA graphs: the first call warms up, the second records, the third replays
-        # Fresh gradients each time, as train_step: accumulating into the last call's would read
-        # memory that the CUDA graphs own and have since reused.
+    try:
+        for _ in range(3):  # CUDA graphs: the first call warms up, the second records, the third replays
+            # Fresh gradients each time, as train_step: accumulating into the last call's would read
+            # memory that the CUDA graphs own and have since reused.
+            run.model.zero_grad(set_to_none=True)
+            forward_backward(run.net, run.loss_fn, x, target, run.dtype)
+    finally:  # also when compiling fails, so that the run can go on eagerly from the same state
         run.model.zero_grad(set_to_none=True)
-        forward_backward(run.net, run.loss_fn, x, target, run.dtype)
-    run.model.zero_grad(set_to_none=True)
-    run.model.load_state_dict(weights)  # copies in place: the graphs keep pointing at the weights
-    set_rng_state(rng)
+        run.model.load_state_dict(weights)  # copies in place: the graphs keep pointing at the weights
+        set_rng_state(rng)
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
@@ -343,9 +345,16 @@ def fit(cfg: Config, data: CIFAR10 | None = None, out_dir: str | Path | None = N
             if start_epoch < tc.epochs else
             f"Reloaded {resume}: all {tc.epochs} epochs are done (delete the folder to train again)")
     if start_epoch < tc.epochs and run.net is not run.model:
-        run.meta["compile_s"] = warm_up(run)
-        log(f"Compiled ({resolve_compile(tc.compile, run.device)}) in {run.meta['compile_s']:.1f} s "
-            "(not counted in the epoch times)")
+        try:
+            run.meta["compile_s"] = warm_up(run)
+            log(f"Compiled ({resolve_compile(tc.compile, run.device)}) in {run.meta['compile_s']:.1f} s "
+                "(not counted in the epoch times)")
+        except Exception as e:  # e.g. no C compiler or Triton here: the eager model trains the same
+            run.net = run.model
+            why = " ".join(line.strip() for line in str(e).splitlines() if line.strip())[:300]
+            run.meta["compile_error"] = f"{type(e).__name__}: {why}"
+            log(f"Compiling failed ({run.meta['compile_error']}); training without compilation "
+                "(set train.compile=off to skip the attempt)")
     if run.out is not None:
         _write_run_json(run, (start_epoch, start_step) if resume is not None else None)
 

@@ -125,3 +125,16 @@ def test_phase_timer_sums_each_phase():
             pass
     totals = timer.totals()
     assert set(totals) == {"a", "b"} and totals["a"] > 0 and totals["b"] >= 0
+
+
+def test_a_failed_compile_falls_back_to_the_eager_model(data, monkeypatch):
+    def broken(gm, example_inputs):
+        raise RuntimeError("no C compiler here")
+
+    monkeypatch.setattr(train_mod, "compile_model", functools.partial(compile_model, backend=broken))
+    lines = []
+    r = fit(get_preset("smoke", ODD), data, progress=False, log=lines.append)
+    eager = fit(get_preset("smoke", ODD + ["train.compile=off"]), data, **QUIET)
+    assert r.status == "completed" and "no C compiler here" in r.meta["compile_error"]
+    assert any(line.startswith("Compiling failed") for line in lines)
+    assert _strip_time(r.history) == _strip_time(eager.history)  # the same run, eagerly
