@@ -182,7 +182,7 @@ def _smoke() -> Config:
         "data.train_subset": 1024, "data.test_subset": 512, "data.batch_size": 128,
         "model.channels": [16, 32, 64], "model.strides": [1, 2, 2], "model.stem_channels": 16,
         "train.epochs": 2, "train.patience": 0, "train.channels_last": False,
-        "train.compile": "off",  # seconds of training: compiling (21-32 s on an H200) would cost more
+        "train.compile": "off",  # seconds of training: compiling (21-37 s on an H200) would cost more
     })
 
 
