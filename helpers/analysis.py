@@ -7,6 +7,8 @@ predictions of a model or run folder, the confusion matrix, per-class metrics an
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
@@ -73,7 +75,24 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor,
     return ece, bins
 
 
-__all__ = ["expected_calibration_error"]
+def mcnemar(correct_a: torch.Tensor, correct_b: torch.Tensor) -> tuple[int, int, float, float]:
+    """McNemar's test of two classifiers on the same images: (b, c, χ², p).
+
+    ``correct_a``, ``correct_b``: (N,) bool, whether each classifier got each image right.
+    b = images only A gets right, c = images only B gets right; images both get right or
+    both get wrong say nothing about which is better. If neither is better, b and c are
+    two draws of the same coin: χ² = (b − c)² / (b + c) with one degree of freedom (no
+    continuity correction; for b + c ≥ 25), and p = P(χ²₁ ≥ χ²) = erfc(√(χ²/2)).
+    """
+    a, b_ = correct_a.bool().cpu(), correct_b.bool().cpu()
+    if a.shape != b_.shape:
+        raise ValueError(f"{tuple(a.shape)} and {tuple(b_.shape)}: one answer per image from each classifier")
+    b, c = int((a & ~b_).sum()), int((~a & b_).sum())
+    chi2 = (b - c) ** 2 / (b + c) if b + c else 0.0
+    return b, c, chi2, math.erfc(math.sqrt(chi2 / 2))
+
+
+__all__ = ["expected_calibration_error", "mcnemar"]
 
 
 # ---------------------------------------------------------------------------- predictions and errors

@@ -70,3 +70,18 @@ def test_bad_input():
         expected_calibration_error(torch.full((4, 2), 0.5), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="n_bins"):
         expected_calibration_error(torch.full((4, 2), 0.5), torch.zeros(4, dtype=torch.long), n_bins=0)
+
+
+def test_mcnemar_counts_only_the_disagreements():
+    from helpers.analysis import mcnemar
+    # 249 images only B gets right, 159 only A, 600 both, 92 neither (issue 13's TTA example)
+    a = torch.tensor([False] * 249 + [True] * 159 + [True] * 600 + [False] * 92)
+    b = torch.tensor([True] * 249 + [False] * 159 + [True] * 600 + [False] * 92)
+    only_a, only_b, chi2, p = mcnemar(a, b)
+    assert (only_a, only_b) == (159, 249)
+    assert chi2 == pytest.approx(90 ** 2 / 408) and chi2 == pytest.approx(19.85, abs=0.01)
+    assert p == pytest.approx(8.4e-6, rel=0.05)            # P(χ²₁ ≥ 19.85)
+    assert mcnemar(a, a)[2:] == (0.0, 1.0)                 # identical answers: no evidence at all
+    _, _, chi2_even, p_even = mcnemar(torch.tensor([True, False] * 50), torch.tensor([False, True] * 50))
+    assert chi2_even == 0.0 and p_even == 1.0              # 50 vs 50: an even split
+    assert mcnemar(torch.tensor([True] * 3 + [False] * 1), torch.tensor([False] * 4))[3] == pytest.approx(0.0833, abs=1e-3)
