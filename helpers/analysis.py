@@ -92,7 +92,28 @@ def mcnemar(correct_a: torch.Tensor, correct_b: torch.Tensor) -> tuple[int, int,
     return b, c, chi2, math.erfc(math.sqrt(chi2 / 2))
 
 
-__all__ = ["expected_calibration_error", "mcnemar"]
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 minimising the NLL of softmax(logits / T).
+
+    T > 1 softens an over-confident model, T < 1 sharpens an under-confident one; the
+    predicted classes, hence the accuracy, never change. Fit T on images the model will
+    not be judged on (a validation split), or its ECE looks better than it is.
+    """
+    z, y = logits.detach().float().cpu(), labels.detach().long().cpu()
+    log_t = torch.zeros((), requires_grad=True)  # T = exp(log_t) stays positive
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def nll() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(nll)
+    return float(log_t.detach().exp())
+
+
+__all__ = ["expected_calibration_error", "mcnemar", "fit_temperature"]
 
 
 # ---------------------------------------------------------------------------- predictions and errors

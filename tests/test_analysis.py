@@ -85,3 +85,16 @@ def test_mcnemar_counts_only_the_disagreements():
     _, _, chi2_even, p_even = mcnemar(torch.tensor([True, False] * 50), torch.tensor([False, True] * 50))
     assert chi2_even == 0.0 and p_even == 1.0              # 50 vs 50: an even split
     assert mcnemar(torch.tensor([True] * 3 + [False] * 1), torch.tensor([False] * 4))[3] == pytest.approx(0.0833, abs=1e-3)
+
+
+@pytest.mark.parametrize("scale", [3.0, 0.5])
+def test_fit_temperature_recovers_the_scale_of_mis_calibrated_logits(scale):
+    from helpers.analysis import fit_temperature
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20_000, 10, generator=g) * 2               # a calibrated model's logits
+    y = torch.multinomial(z.softmax(1), 1, generator=g).squeeze(1)  # labels drawn from its own probabilities
+    t = fit_temperature(z * scale, y)                          # over- (3×) or under-confident (0.5×)
+    assert t == pytest.approx(scale, rel=0.05)
+    ece_before, _ = expected_calibration_error((z * scale).softmax(1), y)
+    ece_after, _ = expected_calibration_error((z * scale / t).softmax(1), y)
+    assert ece_after < 0.02 < ece_before
