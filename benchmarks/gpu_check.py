@@ -146,7 +146,6 @@ def run_fit(cfg, data, out: Path | None) -> dict:
     counting them per epoch shows whether any step syncs (391 steps an epoch) or only the epoch's end.
     """
     marks, syncs, t0 = [], [], time.perf_counter()
-    caught: list = []
 
     def on_epoch(history: list[dict]) -> None:
         h = history[-1]
@@ -158,9 +157,8 @@ def run_fit(cfg, data, out: Path | None) -> dict:
 
     torch._dynamo.reset()
     cuda = torch.cuda.is_available() and pick_device(cfg.train.device).type == "cuda"
-    with warnings.catch_warnings(record=True) as caught_now:
+    with warnings.catch_warnings(record=True) as caught:  # on_epoch reads it as it fills
         warnings.simplefilter("always")
-        caught = caught_now
         if cuda:
             torch.cuda.set_sync_debug_mode("warn")
         try:

@@ -54,11 +54,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename over ``path``."""
+def serialise(state: dict) -> bytes:
+    """``torch.save`` into memory (device tensors are copied to the host: a snapshot)."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    return buf.getvalue()
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save`` to a temp file in the same folder, then rename over ``path``."""
+    atomic_write_bytes(Path(path), serialise(state))
 
 
 def atomic_link(src: Path, dst: Path) -> None:
@@ -97,9 +102,7 @@ class CheckpointWriter:
     def write(self, path: Path, state: dict, links: tuple[Path, ...] = ()) -> None:
         """Save ``state`` to ``path``, then make each of ``links`` the same file."""
         self.wait()
-        buf = io.BytesIO()
-        torch.save(state, buf)  # copies device tensors to the host: the snapshot
-        self._thread = threading.Thread(target=self._run, args=(Path(path), buf.getvalue(), links),
+        self._thread = threading.Thread(target=self._run, args=(Path(path), serialise(state), links),
                                         name="checkpoint-writer")
         self._thread.start()
 

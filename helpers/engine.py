@@ -160,7 +160,9 @@ def predict(model: nn.Module, x: torch.Tensor, mean: Sequence[float], std: Seque
             xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
             _new_step(model)
-            logits = model(xb).float().clone()  # a copy: CUDA graphs overwrite their outputs
+            logits = model(xb).float()
+            if compiled:
+                logits = logits.clone()  # CUDA graphs overwrite their outputs at the next call
             if tta_flip:  # average with the mirror image's logits
                 _new_step(model)
                 logits = (logits + model(xb.flip(-1)).float()) / 2
