@@ -98,3 +98,9 @@ def test_fit_temperature_recovers_the_scale_of_mis_calibrated_logits(scale):
     ece_before, _ = expected_calibration_error((z * scale).softmax(1), y)
     ece_after, _ = expected_calibration_error((z * scale / t).softmax(1), y)
     assert ece_after < 0.02 < ece_before
+
+
+def test_mcnemar_refuses_answers_of_different_lengths():
+    from helpers.analysis import mcnemar
+    with pytest.raises(ValueError, match="one answer per image"):
+        mcnemar(torch.ones(5, dtype=torch.bool), torch.ones(4, dtype=torch.bool))

@@ -138,3 +138,8 @@ def test_a_failed_compile_falls_back_to_the_eager_model(data, monkeypatch):
     assert r.status == "completed" and "no C compiler here" in r.meta["compile_error"]
     assert any(line.startswith("Compiling failed") for line in lines)
     assert _strip_time(r.history) == _strip_time(eager.history)  # the same run, eagerly
+
+
+def test_an_unknown_compile_mode_names_the_choices():
+    with pytest.raises(ValueError, match="train.compile must be one of 'auto', 'off', 'default', 'cudagraphs'"):
+        get_preset("smoke", ["train.compile=fast"])
