@@ -16,7 +16,7 @@ from typing import Mapping, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, eval_weights, load_checkpoint
 from .config import CLASSES, Config
 from .engine import amp_dtype, predict
 from .model import build_model
@@ -200,14 +200,14 @@ def load_run_model(run: str | Path, prefer: str = "best.pt",
     if "mean" not in meta or "std" not in meta:
         raise CheckpointError(f"{run} has no normalisation statistics (meta.mean/std) in its checkpoint")
     model = build_model(cfg.model).to(device)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(eval_weights(state))
     return RunModel(model.eval(), cfg, tuple(meta["mean"]), tuple(meta["std"]))
 
 
 def predictions(model: nn.Module | str | Path, x: torch.Tensor, y: torch.Tensor,
                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                 tta_flip: bool = False, batch_size: int = 512, device: str | torch.device = "cpu",
-                dtype: torch.dtype | None = None) -> Predictions:
+                dtype: torch.dtype | None = None, tta_translate: int = 0) -> Predictions:
     """Logits, probabilities, labels and predicted classes of a model on uint8 images.
 
     Args:
@@ -215,7 +215,7 @@ def predictions(model: nn.Module | str | Path, x: torch.Tensor, y: torch.Tensor,
             onto ``device``; its mean/std are used unless given). A model stays where it is.
         x: (N, 3, H, W) uint8 images; y: (N,) labels.
         mean, std: the normalisation the model was trained with (required for a model).
-        tta_flip: average the logits of each image and its mirror (``helpers.engine.predict``).
+        tta_flip, tta_translate: test-time augmentation (``helpers.engine.predict``).
         dtype: the autocast dtype. For a run folder, None means the run's own ``train.amp``,
             the precision ``fit`` evaluated in, so the accuracy is the one it reported; for a
             model, None is fp32 (pass ``amp_dtype(cfg.train.amp, device)`` to match ``fit``).
@@ -230,7 +230,8 @@ def predictions(model: nn.Module | str | Path, x: torch.Tensor, y: torch.Tensor,
     if mean is None or std is None:
         raise ValueError("pass the model's training mean and std (e.g. FitResult.meta['mean'], "
                          "or load_run_model(run).mean)")
-    logits = predict(model, x, mean, std, batch_size=batch_size, dtype=dtype, tta_flip=tta_flip)
+    logits = predict(model, x, mean, std, batch_size=batch_size, dtype=dtype, tta_flip=tta_flip,
+                     tta_translate=tta_translate)
     return Predictions.from_logits(logits, y)
 
 

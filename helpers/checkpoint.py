@@ -141,6 +141,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def eval_weights(state: dict) -> dict:
+    """The weights a checkpoint's run evaluated: its EMA's (``train.ema``) when it kept one, else the model's."""
+    if "ema" not in state:
+        return state["model"]
+    # AveragedModel's state: "module.<name>" per weight, plus its own "n_averaged" counter.
+    return {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+
+
 def config_mismatches(saved: dict, cfg: Config, allowed: set[str] = RESUME_SAFE) -> list[str]:
     """``"key: checkpoint X, config Y"`` for each field that differs, outside ``allowed``.
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .augment import normalize
+from .augment import normalize, translate
 
 
 # ---------------------------------------------------------------------------- device
@@ -141,12 +141,16 @@ def train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optim
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
             batch_size: int = 512, dtype: torch.dtype | None = None, tta_flip: bool = False,
-            channels_last: bool = False) -> torch.Tensor:
-    """Logits (N, K) in fp32 for uint8 images (N, 3, H, W), in eval mode; optional flip TTA.
+            channels_last: bool = False, tta_translate: int = 0) -> torch.Tensor:
+    """Logits (N, K) in fp32 for uint8 images (N, 3, H, W), in eval mode; optional test-time augmentation.
 
+    TTA averages the logits of several views of each image: ``tta_flip`` adds the mirror
+    image; ``tta_translate`` = t adds every view shifted by (t, t) and (-t, -t) pixels
+    (reflect border, as ``augment.translate``), so flip and translate give 6 views.
     A compiled model sees one shape only: the last, smaller batch is padded with
     zeros (eval mode: each image's logits depend on that image alone).
     """
+    was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     compiled = is_compiled(model)
@@ -158,15 +162,19 @@ def predict(model: nn.Module, x: torch.Tensor, mean: Sequence[float], std: Seque
             xb = torch.cat([xb, xb.new_zeros(batch_size - n, *xb.shape[1:])])
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
+        views = [xb, xb.flip(-1)] if tta_flip else [xb]
+        if tta_translate:
+            shift = torch.full((len(xb),), tta_translate, device=device)
+            views += [translate(v, s, s) for v in views for s in (shift, -shift)]
+        logits = 0
         with autocast(device, dtype):
-            _new_step(model)
-            logits = model(xb).float()
-            if compiled:
-                logits = logits.clone()  # CUDA graphs overwrite their outputs at the next call
-            if tta_flip:  # average with the mirror image's logits
+            for v in views:
                 _new_step(model)
-                logits = (logits + model(xb.flip(-1)).float()) / 2
-        out.append(logits[:n])
+                # A clone: CUDA graphs overwrite a compiled model's outputs at its next call.
+                view_logits = model(v).float()
+                logits = logits + (view_logits.clone() if compiled else view_logits)
+        out.append(logits[:n] / len(views))
+    model.train(was_training)
     return torch.cat(out)
 
 

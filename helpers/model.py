@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from .config import ModelConfig
 
 MIX_IMPLS = ("naive", "stacked", "kernel")
+DOWNSAMPLE = ("stride", "maxpool")   # how a block with stride s shrinks its input (see MixingBlock)
+POOLS = ("avg", "max")               # the classifier's global pooling
 
 # "auto" → impl, per device type, from the block's output size (H·W) and K·C_out: a rule
 # read off measurements, never a path that measured slower than "naive" on that device.
@@ -183,6 +185,33 @@ class Stem(nn.Module):
         return self.act(self.bn(self.conv(x)))  # (B, 3, H, W) → (B, C, H/stride, W/stride)
 
 
+WHITEN_IMAGES = 5000  # training images whose 3×3 patches estimate the covariance (5,000 × 900 patches)
+
+
+@torch.no_grad()
+def whiten_stem(stem: Stem, images: torch.Tensor, eps: float = 5e-4) -> Stem:
+    """Make the stem's convolution a fixed whitening of 3×3 patches, then freeze it (airbench's first layer).
+
+    The covariance of the (3·3·3 = 27)-dim patches of ``images`` (N, 3, H, W), normalised, has
+    eigenvectors v_i with eigenvalues λ_i; filter v_i / sqrt(λ_i + eps) maps each patch to its
+    coordinate along v_i with unit variance. The stem gets the C // 2 largest directions as a
+    ± pair each (the ReLU after it keeps both signs); any filters left over keep their init.
+    Frozen: trained, these filters would drift from whitening (the BN after it still trains).
+    """
+    conv = stem.conv
+    k = conv.kernel_size[0]
+    patches = F.unfold(images.float(), k, stride=conv.stride)                  # (N, 27, L)
+    patches = patches.transpose(1, 2).reshape(-1, patches.shape[1]).double()   # (N·L, 27)
+    cov = torch.cov(patches.T)                                                 # (27, 27)
+    eigvals, eigvecs = torch.linalg.eigh(cov)                                  # ascending
+    n = min(conv.out_channels // 2, len(eigvals))
+    filters = (eigvecs[:, -n:].flip(1) / (eigvals[-n:].flip(0) + eps).sqrt()).T  # (n, 27), largest first
+    filters = filters.reshape(n, *conv.weight.shape[1:]).to(conv.weight)
+    conv.weight[:2 * n] = torch.cat([filters, -filters])
+    conv.weight.requires_grad_(False)
+    return stem
+
+
 class MixingBlock(nn.Module):
     """Bottleneck → K mixed 3×3 convolutions, plus a skip, then norm + activation.
 
@@ -199,15 +228,24 @@ class MixingBlock(nn.Module):
         gate: "softmax" (a sums to 1 per image) or "sigmoid" (each a_k in (0, 1)).
         mix_impl: see ``MixConv``.
         bias: biases on the K convolutions (off: a BatchNorm follows).
+        downsample: how ``stride`` shrinks the map: "stride" (the K convolutions and the skip
+            stride) or "maxpool" (a stride×stride max-pool on the input, then stride 1).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, num_k: int = 4,
                  reduction_factor: int = 4, gate: str = "softmax", mix_impl: str = "auto",
                  bias: bool = False, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
-                 act_layer: Callable[[], nn.Module] = nn.ReLU):
+                 act_layer: Callable[[], nn.Module] = nn.ReLU, downsample: str = "stride"):
         super().__init__()
         if gate not in ("softmax", "sigmoid"):
             raise ValueError(f"gate must be 'softmax' or 'sigmoid', got {gate!r}")
+        if downsample not in DOWNSAMPLE:
+            raise ValueError(f"downsample must be one of {', '.join(DOWNSAMPLE)}, got {downsample!r}")
+        # "maxpool": pool the input first, then run the whole block at stride 1 on the smaller map:
+        # every convolution costs stride² fewer FLOPs, and pooling keeps the strongest response.
+        self.pool = nn.MaxPool2d(stride) if downsample == "maxpool" and stride > 1 else nn.Identity()
+        if downsample == "maxpool":
+            stride = 1
         mid = max(1, out_channels // reduction_factor)
         self.gate = gate
         self.fc = nn.Linear(in_channels, num_k)                          # m (B, C_in) → logits of a (B, K)
@@ -231,6 +269,7 @@ class MixingBlock(nn.Module):
     def forward(self, x: torch.Tensor, return_mix: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """(B, C_in, H, W) → (B, C_out, H/s, W/s) [, a (B, K)]."""
+        x = self.pool(x)                                                 # (B, C_in, H/s, W/s) under "maxpool"
         a = self.mixing_weights(x)                                       # (B, K), from the block INPUT
         h = self.act_reduce(self.bn_reduce(self.reduce(x)))              # (B, mid, H, W)
         y = self.act(self.bn(self.mix(h, a) + self.shortcut(x)))         # (B, C_out, H/s, W/s)
@@ -238,11 +277,17 @@ class MixingBlock(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Global average pool → dropout → [Linear → act]* → Linear *(reading of the lost figure 2)*."""
+    """Global pool → dropout → [Linear → act]* → Linear *(reading of the lost figure 2)*.
+
+    ``pool`` "avg" (the reading) or "max": the strongest response anywhere in the map.
+    """
 
     def __init__(self, in_features: int, num_classes: int = 10, hidden: tuple[int, ...] = (),
-                 drop_rate: float = 0.3, act_layer: Callable[[], nn.Module] = nn.ReLU):
+                 drop_rate: float = 0.3, act_layer: Callable[[], nn.Module] = nn.ReLU, pool: str = "avg"):
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        self.pool = pool
         self.drop = nn.Dropout(drop_rate)
         layers: list[nn.Module] = []
         for width in hidden:
@@ -252,7 +297,8 @@ class Classifier(nn.Module):
         self.fc = nn.Linear(in_features, num_classes)
 
     def forward(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.hidden(self.drop(feats.mean(dim=(2, 3))))               # (B, C) → (B, hidden[-1] or C)
+        pooled = feats.mean(dim=(2, 3)) if self.pool == "avg" else feats.amax(dim=(2, 3))  # (B, C)
+        x = self.hidden(self.drop(pooled))                               # (B, hidden[-1] or C)
         return x if pre_logits else self.fc(x)                           # (B, num_classes)
 
 
@@ -264,7 +310,8 @@ class MixingNet(nn.Module):
                  head_hidden: tuple[int, ...] = (), drop_rate: float = 0.3, num_classes: int = 10,
                  mix_impl: str = "auto", in_chans: int = 3, bias: bool = False,
                  norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
-                 act_layer: Callable[[], nn.Module] = nn.ReLU):
+                 act_layer: Callable[[], nn.Module] = nn.ReLU, downsample: str = "stride",
+                 head_pool: str = "avg"):
         super().__init__()
         if len(channels) != len(strides):
             raise ValueError(f"{len(channels)} channel widths but {len(strides)} strides")
@@ -273,8 +320,8 @@ class MixingNet(nn.Module):
         widths = [stem_channels] + list(channels)
         self.blocks = nn.ModuleList(
             MixingBlock(widths[i], widths[i + 1], strides[i], num_k, reduction_factor, gate,
-                        mix_impl, bias, norm_layer, act_layer) for i in range(len(channels)))
-        self.head = Classifier(channels[-1], num_classes, tuple(head_hidden), drop_rate, act_layer)
+                        mix_impl, bias, norm_layer, act_layer, downsample) for i in range(len(channels)))
+        self.head = Classifier(channels[-1], num_classes, tuple(head_hidden), drop_rate, act_layer, head_pool)
 
     def set_mix_impl(self, name: str) -> "MixingNet":
         """Switch every block to ``name`` ("naive", "stacked", "kernel", "auto"); weights untouched."""
@@ -314,7 +361,8 @@ def build_model(cfg: ModelConfig) -> MixingNet:
                      stem_channels=cfg.stem_channels, stem_stride=cfg.stem_stride, num_k=cfg.num_k,
                      reduction_factor=cfg.reduction_factor, gate=cfg.gate,
                      head_hidden=tuple(cfg.head_hidden), drop_rate=cfg.dropout,
-                     num_classes=cfg.num_classes, mix_impl=cfg.mix_impl)
+                     num_classes=cfg.num_classes, mix_impl=cfg.mix_impl, downsample=cfg.downsample,
+                     head_pool=cfg.head_pool)
 
 
 def count_params(module: nn.Module) -> int:

@@ -259,3 +259,59 @@ def mistakes_gallery(images: torch.Tensor, mistakes: Sequence[Mapping], classes:
 
 
 __all__ += ["confusion_heatmap", "per_class_bars", "mistakes_gallery"]
+
+
+# ---------------------------------------------------------------------------- short-schedule ablation
+
+def ablation_bars(accuracy: Mapping[str, float], baseline: str = "full", ax: Axes | None = None,
+                  title: str | None = None) -> Figure:
+    """Horizontal bars: each variant's test accuracy minus the baseline's, in points (best on top)."""
+    if baseline not in accuracy:
+        raise ValueError(f"no {baseline!r} among {', '.join(accuracy)}")
+    rows = sorted(((k, (v - accuracy[baseline]) * 100) for k, v in accuracy.items() if k != baseline),
+                  key=lambda kv: kv[1])
+    fig, ax = _fig_ax(ax, (7.5, 0.45 * len(rows) + 1.2))
+    ax.barh([k for k, _ in rows], [d for _, d in rows],
+            color=["tab:green" if d > 0 else "tab:red" for _, d in rows])
+    for i, (_, d) in enumerate(rows):
+        ax.annotate(f"{d:+.2f}", (d, i), xytext=(4 if d >= 0 else -4, 0), textcoords="offset points",
+                    ha="left" if d >= 0 else "right", va="center", fontsize="small")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.margins(x=0.25)
+    ax.set_xlabel(f"test accuracy − {baseline}'s ({accuracy[baseline]:.2%}), points")
+    ax.grid(axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def accuracy_vs_time(rows: Sequence[Mapping[str, float]], final_acc: float | None = None,
+                     budget_s: float | None = None, target: float | None = None, ax: Axes | None = None,
+                     title: str | None = None) -> Figure:
+    """Accuracy against wall-clock seconds for ``benchmarks/train.py``'s per-epoch rows.
+
+    Plots train accuracy per epoch, test accuracy where it was measured (not NaN), the
+    final test accuracy as a star, and optional budget (vertical) and target (horizontal) lines.
+    """
+    fig, ax = _fig_ax(ax, (7, 4))
+    t = [r["elapsed_s"] for r in rows]
+    ax.plot(t, [r["train_acc"] for r in rows], marker=".", label="train accuracy (augmented batches)")
+    tested = [(r["elapsed_s"], r["test_acc"]) for r in rows if not math.isnan(r["test_acc"])]
+    if tested:
+        ax.plot(*zip(*tested), marker="o", label="test accuracy")
+    if final_acc is not None and rows:
+        ax.plot([t[-1]], [final_acc], marker="*", markersize=14, ls="none", color="tab:red",
+                label=f"final test accuracy {final_acc:.2%}")
+    if budget_s is not None:
+        ax.axvline(budget_s, color="gray", ls="--", label=f"budget {budget_s / 60:.0f} min")
+    if target is not None:
+        ax.axhline(target, color="gray", ls=":", label=f"target {target:.0%}")
+    ax.set(xlabel="wall-clock seconds since the data was in memory", ylabel="accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+__all__ += ["ablation_bars", "accuracy_vs_time"]

@@ -28,9 +28,10 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .augment import BatchAugment
+from .augment import BatchAugment, normalize
 from .checkpoint import (CheckpointError, CheckpointWriter, check_compatible, load_checkpoint, provenance,
                          rng_state, runs_dir, set_rng_state, write_json, atomic_write_bytes, atomic_write_text)
 from .config import Config, get_preset, PRESETS, apply_overrides
@@ -38,7 +39,7 @@ from .data import CIFAR10, DataError, DeviceBatches, channel_stats, load_cifar10
 from .engine import (PhaseTimer, amp_dtype, compile_model, evaluate, forward_backward, per_class_accuracy,
                      pick_device, predict, resolve_compile, train_step)
 from .losses import build_loss
-from .model import build_model
+from .model import WHITEN_IMAGES, build_model, whiten_stem
 from .optim import build_optimizer, build_scheduler
 
 
@@ -76,14 +77,20 @@ class Run:
     meta: dict                         # config, seed, provenance: written to run.json
     out: Path | None
     log: Callable[[str], None]
+    ema: AveragedModel | None = None   # an EMA of ``model``'s weights and buffers (train.ema > 0)
     writer: CheckpointWriter = field(default_factory=CheckpointWriter)
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"metric": -math.inf, "epoch": 0, "since": 0})
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated, saved for analysis and returned: the EMA's when kept."""
+        return self.ema.module if self.ema is not None else self.model
+
     def predict_kw(self) -> dict:
         tc = self.cfg.train
         return dict(batch_size=self.cfg.data.eval_batch_size, dtype=self.dtype, tta_flip=tc.tta_flip,
-                    channels_last=tc.channels_last)
+                    tta_translate=tc.tta_translate, channels_last=tc.channels_last)
 
 
 def build_run(cfg: Config, data: CIFAR10, out_dir: str | Path | None = None,
@@ -99,6 +106,8 @@ def build_run(cfg: Config, data: CIFAR10, out_dir: str | Path | None = None,
     ds, val = subset(data, cfg.data)
     mean, std = channel_stats(ds.train_x)
     model = build_model(cfg.model).to(device)
+    if cfg.model.stem_whiten:  # data-dependent, frozen first layer (whitening.py)
+        whiten_stem(model.stem, normalize(ds.train_x[:WHITEN_IMAGES], mean, std))
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     batches = DeviceBatches(ds.train_x, ds.train_y, cfg.data.batch_size, shuffle=True,
@@ -108,8 +117,11 @@ def build_run(cfg: Config, data: CIFAR10, out_dir: str | Path | None = None,
     eval_sets = {"test": (ds.test_x.to(device), ds.test_y.to(device))}
     if val is not None:
         eval_sets["val"] = (val[0].to(device), val[1].to(device))
+    # EMA from torch.optim.swa_utils; use_buffers also averages BatchNorm's running statistics.
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema), use_buffers=True)
+           if tc.ema else None)
     return Run(
-        cfg=cfg, device=device, dtype=dtype, model=model, net=compile_model(model, tc.compile, device),
+        cfg=cfg, device=device, dtype=dtype, model=model, net=compile_model(model, tc.compile, device), ema=ema,
         loss_fn=build_loss(cfg.loss, ds.classes).to(device), batches=batches,
         aug=BatchAugment(cfg.data, mean, std, num_classes=cfg.model.num_classes, seed=tc.seed + 1),
         optimizer=optimizer,
@@ -166,6 +178,7 @@ def save(run: Run, epoch: int, step: int, partial: dict | None, best: bool = Fal
         "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else {},
         "rng": rng, "epoch": epoch, "step": step, "partial": partial, "history": run.history,
         "best": run.best, "config": run.cfg.to_dict(),
+        **({"ema": run.ema.state_dict()} if run.ema is not None else {}),
         "meta": {k: v for k, v in run.meta.items() if k != "config"}},
         links=(run.out / "best.pt",) if best else ())
 
@@ -175,6 +188,8 @@ def restore(run: Run, resume: str | Path) -> tuple[int, int, dict | None]:
     state = load_checkpoint(resume, map_location=run.device)
     check_compatible(state, run.cfg, resume)
     run.model.load_state_dict(state["model"])
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if run.scaler is not None and state.get("scaler"):
@@ -233,6 +248,8 @@ def train_epoch(run: Run, epoch: int, start: int = 0, partial: dict | None = Non
                 net = run.net if len(x) == b else run.model
                 loss, logits = train_step(net, run.loss_fn, run.optimizer, x, target, run.dtype, run.scaler)
                 run.scheduler.step()
+                if run.ema is not None:
+                    run.ema.update_parameters(run.model)
                 loss_sum += loss * len(x)
                 correct += (logits.argmax(1) == target.argmax(1)).sum()  # vs the dominant label
             acc["n"] += len(x)
@@ -256,27 +273,33 @@ def evaluate_run(run: Run) -> dict[str, dict]:
     evaluation with the CUDA-graphed training step broke the step's backward (torch 2.11, H200:
     "accessing tensor output of CUDAGraphs that has been overwritten").
     """
-    return {name: evaluate(run.model, x, y, run.loss_fn, run.mean, run.std, **run.predict_kw())
+    return {name: evaluate(run.eval_model, x, y, run.loss_fn, run.mean, run.std, **run.predict_kw())
             for name, (x, y) in run.eval_sets.items()}
 
 
 def end_epoch(run: Run, epoch: int, acc: dict, metrics: dict[str, dict], eval_s: float,
               on_epoch: Callable[[list[dict]], None] | None = None) -> str | None:
-    """Record the epoch, checkpoint it, and decide: returns "early_stop" or None (go on)."""
+    """Record the epoch, checkpoint it, and decide: returns "early_stop" or None (go on).
+
+    ``metrics`` None: an epoch that ``train.eval_every`` does not evaluate; its test (and
+    validation) figures are NaN, and it cannot become the best epoch.
+    """
     tc = run.cfg.train
+    nan = {"loss": math.nan, "acc": math.nan}
+    sets = metrics or {name: nan for name in run.eval_sets}
     rec = {"epoch": epoch + 1, "train_loss": acc["loss"] / acc["n"], "train_acc": acc["correct"] / acc["n"],
-           "test_loss": metrics["test"]["loss"], "test_acc": metrics["test"]["acc"],
+           "test_loss": sets["test"]["loss"], "test_acc": sets["test"]["acc"],
            "lr": run.scheduler.get_last_lr()[0]}
-    if "val" in metrics:
-        rec.update(val_loss=metrics["val"]["loss"], val_acc=metrics["val"]["acc"])
+    if "val" in sets:
+        rec.update(val_loss=sets["val"]["loss"], val_acc=sets["val"]["acc"])
     rec.update(time=acc["time"] + eval_s, time_train=acc["time_train"], time_aug=acc["time_aug"],
                time_eval=eval_s)
     run.history.append(rec)
     run.log(f"Epoch {epoch + 1}/{tc.epochs} runtime was: {rec['time']:.2f} seconds")
     run.log(f"Epoch: {epoch + 1}, Train Acc: {rec['train_acc']:.4f}, Train Loss: {rec['train_loss']:.4f}, "
             f"Test Acc: {rec['test_acc']:.4f}, Test Loss: {rec['test_loss']:.4f}"
-            + (f", Val Acc: {rec['val_acc']:.4f}" if "val" in metrics else ""))
-    improved = rec[tc.monitor] > run.best["metric"]
+            + (f", Val Acc: {rec['val_acc']:.4f}" if "val" in sets else ""))
+    improved = metrics is not None and rec[tc.monitor] > run.best["metric"]
     run.best = ({"metric": rec[tc.monitor], "epoch": epoch + 1, "since": 0} if improved
                 else {**run.best, "since": run.best["since"] + 1})
     t = time.perf_counter()
@@ -365,7 +388,7 @@ def fit(cfg: Config, data: CIFAR10 | None = None, out_dir: str | Path | None = N
 
     test_x, test_y = run.eval_sets["test"]
     if test_logits is None:  # no epoch finished in this call
-        test_logits = predict(run.model, test_x, run.mean, run.std, **run.predict_kw())
+        test_logits = predict(run.eval_model, test_x, run.mean, run.std, **run.predict_kw())
     per_class = dict(zip(run.classes, per_class_accuracy(test_logits, test_y, cfg.model.num_classes)))
     report = _report(run.history, per_class, tc.epochs)
     if run.history:
@@ -373,7 +396,7 @@ def fit(cfg: Config, data: CIFAR10 | None = None, out_dir: str | Path | None = N
     if run.out is not None and run.history:
         atomic_write_text(run.out / "report.txt", report)
         _save_curves(run.out, run.history)
-    return FitResult(run.model, run.history, per_class, status, run.out, report, run.meta)
+    return FitResult(run.eval_model, run.history, per_class, status, run.out, report, run.meta)
 
 
 def _epochs(run: Run, start_epoch: int, start_step: int, partial: dict | None, progress: bool,
@@ -400,10 +423,12 @@ def _epochs(run: Run, start_epoch: int, start_step: int, partial: dict | None, p
                     + (f"saved, resume with --resume {run.out}" if run.out else "no out_dir, nothing saved"))
                 break
             t = time.perf_counter()
-            metrics = evaluate_run(run)
-            test_logits = metrics["test"]["logits"]
+            every, last = run.cfg.train.eval_every, epoch + 1 == run.cfg.train.epochs
+            metrics = evaluate_run(run) if last or (every and (epoch + 1) % every == 0) else None
+            if metrics is not None:
+                test_logits = metrics["test"]["logits"]
+                epochs_bar.set_postfix(test_acc=f"{metrics['test']['acc']:.4f}")
             status = end_epoch(run, epoch, acc, metrics, time.perf_counter() - t, on_epoch) or status
-            epochs_bar.set_postfix(test_acc=f"{metrics['test']['acc']:.4f}")
             if status == "early_stop":
                 break
             if interrupt.requested:

@@ -33,11 +33,11 @@ from .config import DataConfig
 # Slider step per DataConfig field; the slider's range comes from the field's own
 # allowed range (config.py is its one home). Fields with no upper bound get _ALPHA_MAX.
 STEPS: dict[str, float] = {
-    "flip_p": 0.05, "rotation": 1.0, "brightness": 0.05, "contrast": 0.05,
+    "flip_p": 0.05, "translate": 1, "rotation": 1.0, "brightness": 0.05, "contrast": 0.05,
     "saturation": 0.05, "hue": 0.025,
     "cutmix_alpha": 0.05, "mixup_alpha": 0.05, "cutmix_p": 0.05, "mix_p": 0.05,
 }
-AUGMENT_FIELDS = ("flip_p", "rotation", "brightness", "contrast", "saturation", "hue")
+AUGMENT_FIELDS = ("flip_p", "translate", "rotation", "brightness", "contrast", "saturation", "hue")
 MIX_FIELDS = ("cutmix_alpha", "mixup_alpha", "cutmix_p", "mix_p")
 _ALPHA_MAX = 4.0  # Beta(α, α) beyond α = 4 looks like α = ∞: every mix is near 50/50
 
@@ -125,13 +125,14 @@ class AugmentExplorer:
         self._hold = False  # set() changes several sliders, then redraws once
 
         style = {"description_width": "90px"}
-        self.sliders: dict[str, W.FloatSlider] = {}
+        self.sliders: dict[str, W.FloatSlider | W.IntSlider] = {}
         for name in AUGMENT_FIELDS + MIX_FIELDS:
             lo, hi = _field_range(name)
-            value = float(getattr(cfg, name))
-            self.sliders[name] = W.FloatSlider(  # widened to hold a given value beyond the usual range
+            value = getattr(cfg, name)
+            kind, fmt = (W.IntSlider, "d") if isinstance(value, int) else (W.FloatSlider, ".3g")
+            self.sliders[name] = kind(  # widened to hold a given value beyond the usual range
                 value=value, min=min(lo, value), max=max(hi, value), step=STEPS[name],
-                description=name, continuous_update=False, style=style, readout_format=".3g")
+                description=name, continuous_update=False, style=style, readout_format=fmt)
         self.seed = W.IntText(value=seed, description="seed", style={"description_width": "40px"},
                               layout=W.Layout(width="130px"))
         self.redraw_button = W.Button(description="Re-draw", icon="refresh",
@@ -159,7 +160,7 @@ class AugmentExplorer:
 
     def config(self) -> DataConfig:
         """The ``DataConfig`` the sliders describe (other fields as given to the constructor)."""
-        return dataclasses.replace(self.base_cfg, **{n: float(s.value) for n, s in self.sliders.items()})
+        return dataclasses.replace(self.base_cfg, **{n: s.value for n, s in self.sliders.items()})
 
     def set(self, **values: float) -> None:
         """Move several sliders at once (``set(rotation=30, mix_p=0)``), then redraw once."""

@@ -69,7 +69,7 @@ def test_presets_are_fresh_copies():
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match="unknown preset 'fast'.*seed, laptop, smoke"):
+    with pytest.raises(ValueError, match="unknown preset 'fast'.*seed, laptop, speedrun, smoke"):
         get_preset("fast")
 
 

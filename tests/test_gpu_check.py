@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT))
 
 def test_smoke_mode_writes_every_section(cifar, tmp_path, capsys):
     from benchmarks.gpu_check import main
-    code = main(["--smoke", "--backend", "aot_eager", "--compiled-impls", "stacked", "--full",
+    code = main(["--smoke", "--backend", "aot_eager", "--compiled-impls", "stacked", "--full", "--speedrun",
                  "--data-dir", str(ROOT / "data"), "--out", str(tmp_path), "--commit", "abc1234"])
     assert code == 0
     rep = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -29,8 +29,11 @@ def test_smoke_mode_writes_every_section(cifar, tmp_path, capsys):
         assert {"time_train", "time_aug", "time_eval", "time_checkpoint"} <= set(rep[key]["history"][0])
     assert set(rep["full"]["per_class"]) == {"plane", "car", "bird", "cat", "deer", "dog", "frog", "horse",
                                              "ship", "truck"}
+    sp = rep["speedrun"]  # the speedrun preset, shrunk to seconds (SMOKE_SPEEDRUN): the path runs end to end
+    assert sp["preset"] == "speedrun" and sp["status"] == "completed" and len(sp["history"]) == 1
     md = (tmp_path / "gpu_check.md").read_text()
-    for words in ("ms/step", "auto picks", "s/epoch", "Final test accuracy", "| cat |"):
+    for words in ("ms/step", "auto picks", "s/epoch", "Final test accuracy", "| cat |", "the speedrun preset",
+                  "Training time, compilation apart"):
         assert words in md, words
 
 

@@ -42,3 +42,26 @@ def test_training_curves_from_fit_history():
     fig = training_curves(history, title="t")
     assert len(fig.axes) == 4  # the report's Figure 3: test/train accuracy and loss
     plt.close("all")
+
+
+def test_ablation_bars_and_accuracy_vs_time():
+    from helpers.plots import ablation_bars, accuracy_vs_time
+    fig = ablation_bars({"full": 0.85, "no_translate": 0.83, "ema": 0.855})
+    ax = fig.axes[0]
+    widths = sorted(round(p.get_width(), 6) for p in ax.patches)
+    assert widths == [-2.0, 0.5]                          # points against full, full itself not drawn
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["no_translate", "ema"]  # best on top
+    plt.close(fig)
+    nan = float("nan")
+    rows = [{"elapsed_s": 60.0 * i, "train_acc": 0.5 + 0.05 * i, "test_acc": nan} for i in range(1, 4)]
+    fig = accuracy_vs_time(rows, final_acc=0.8, budget_s=600, target=0.85)
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert "test accuracy" not in labels                  # no test point was measured before the end
+    assert any("final test accuracy 80.00%" in s for s in labels) and any("target" in s for s in labels)
+    plt.close(fig)
+    try:
+        ablation_bars({"a": 0.5})
+    except ValueError as e:
+        assert "full" in str(e)
+    else:
+        raise AssertionError("a missing baseline must be an error")

@@ -29,7 +29,7 @@ def _png(e):
 def test_builds_with_a_slider_per_field(explorer):
     assert isinstance(explorer.widget, W.VBox)
     assert set(explorer.sliders) == set(AUGMENT_FIELDS + MIX_FIELDS) == {
-        "flip_p", "rotation", "brightness", "contrast", "saturation", "hue",
+        "flip_p", "translate", "rotation", "brightness", "contrast", "saturation", "hue",
         "cutmix_alpha", "mixup_alpha", "cutmix_p", "mix_p"}
     assert explorer.config() == DataConfig(batch_size=7)  # starts at the given settings
     assert isinstance(explorer.figure, Figure) and _png(explorer)  # a first grid is shown
@@ -40,6 +40,7 @@ def test_slider_ranges_are_the_config_ranges(explorer):
     assert (s["flip_p"].min, s["flip_p"].max) == (0.0, 1.0)
     assert (s["hue"].min, s["hue"].max) == (0.0, 0.5)
     assert (s["rotation"].min, s["rotation"].max) == (0.0, 180.0)
+    assert (s["translate"].min, s["translate"].max, s["translate"].step) == (0, 16, 1)  # whole pixels
     assert s["cutmix_alpha"].min > 0 and s["mixup_alpha"].min > 0  # Beta(0, 0) is not a distribution
     explorer.set(**{n: sl.min for n, sl in s.items()})  # every slider position is a valid config
     validate(Config(data=explorer.config()))
