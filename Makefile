@@ -2,6 +2,7 @@
 #   make lab    set up, get the data, open the course in JupyterLab
 #   make test   the whole test suite (pytest + every notebook under nbval, smoke preset)
 #   make train  the full recipe from the command line: make train ARGS="--preset seed"
+#   make clean-runs delete every run folder under runs/ (asks first)
 #   make gpu-check  what training costs on this machine's GPU (ARGS="--full" adds the whole seed preset)
 PYTHON  ?= python3
 VENV    := .venv
@@ -12,7 +13,7 @@ DATA    := data/cifar-10-batches-py
 OFFLINE := ../shared/data/cifar10/make_batches.py
 ARGS    ?=
 
-.PHONY: lab test train gpu-check data venv clean-venv
+.PHONY: lab test train gpu-check data venv clean-venv clean-runs
 
 venv: $(STAMP)
 
@@ -32,7 +33,8 @@ $(DATA): | $(STAMP)
 	fi
 
 lab: $(STAMP) $(DATA)
-	$(BIN)/jupyter lab notebooks/
+	@# Rooted at the project folder, so README, BENCHMARKS, SYLLABUS and helpers/ open from Lab too.
+	$(BIN)/jupyter lab notebooks/01_data_and_augmentation.ipynb
 
 test: $(STAMP) $(DATA)
 	HELPERS_PRESET=smoke $(BIN)/python -m pytest --nbval-lax tests notebooks
@@ -45,3 +47,10 @@ gpu-check: $(STAMP) $(DATA)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Deletes every run folder under runs/ (checkpoints, histories) after asking; data and code stay.
+clean-runs:
+	@if [ -d runs ] && [ -n "$$(ls -A runs)" ]; then \
+	  echo "This deletes:"; ls -d runs/*; \
+	  read -p "Delete these run folders? [y/N] " ans; [ "$$ans" = y ] && rm -rf runs/* && echo "deleted"; true; \
+	else echo "runs/ holds no runs"; fi

@@ -5,6 +5,7 @@ and dicts, and is read with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -163,6 +164,24 @@ def config_mismatches(saved: dict, cfg: Config, allowed: set[str] = RESUME_SAFE)
     return [f"{key}: checkpoint {value!r}, config {current!r}"
             for key, value in saved.items()
             if key not in allowed and (current := now.get(key, "<absent>")) != value]
+
+
+def run_folder(cfg: Config, name: str, root: str | Path | None = None) -> Path:
+    """Where to train ``cfg``: ``<root>/<name>`` if it is free or holds a run of the same config,
+    else ``<root>/<name>-<digest>``, a folder of this config's own (``root``: ``runs_dir()``).
+
+    So trying a setting (``train.epochs=3``) next to a finished run continues neither the old run
+    nor overwrites it: it trains in, and later resumes from, a folder of its own.
+    """
+    base = Path(root) if root is not None else runs_dir()
+    folder = base / name
+    meta = folder / "run.json"
+    if not (folder / "last.pt").exists() or not meta.exists():
+        return folder
+    if not config_mismatches(json.loads(meta.read_text())["config"], cfg):
+        return folder
+    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return base / f"{name}-{digest}"
 
 
 def check_compatible(state: dict, cfg: Config, path: str | Path = "checkpoint",

@@ -72,7 +72,7 @@ class ModelConfig:
     gate: str = _f("softmax", choices=("softmax", "sigmoid"))  # how `a` is squashed *(reading)*
     head_hidden: list = _f([])                      # hidden widths of the classifier MLP *(reading)*
     dropout: float = _f(0.3, lo=0.0, hi=1.0)        # before the classifier's linear layer(s) (Table 1)
-    num_classes: int = _f(10, lo=2)
+    num_classes: int = _f(10, choices=(10,))        # CIFAR-10's ten classes; the data decides it
     mix_impl: str = _f("auto", choices=("auto", "naive", "stacked", "kernel"))  # how Σ a_k·C_k is computed
 
     @property
@@ -98,17 +98,17 @@ class OptimConfig:
     weight_decay: float = _f(5e-4, lo=0.0)          # L2 via SGD's weight_decay
     no_decay_norm_bias: bool = False                # exempt BatchNorm and bias params from decay (off: as the report)
     max_lr: float = _f(0.05, lo=0.0, lo_open=True)  # OneCycle peak
-    pct_start: float = _f(0.15, lo=0.0, hi=1.0, lo_open=True)  # fraction of steps spent warming up
+    pct_start: float = _f(0.15, lo=0.0, hi=0.99, lo_open=True)  # fraction of steps spent warming up (< 1: some must anneal)
     div_factor: float = _f(25.0, lo=1.0)            # initial lr = max_lr / div_factor
     final_div_factor: float = _f(1e4, lo=1.0)       # final lr = initial lr / final_div_factor
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(200, lo=1)
+    epochs: int = _f(200, lo=1, hi=100_000)
     patience: int = _f(20, lo=0)                    # early-stop after this many epochs without improvement; 0 = off
     monitor: str = _f("test_acc", choices=("test_acc", "val_acc"))  # report: test_acc; sound: val_acc
-    seed: int = _f(0, lo=0)
+    seed: int = _f(0, lo=0, hi=2**63 - 1)            # torch.manual_seed takes a 64-bit integer
     device: str = _f("auto", choices=("auto", "cpu", "cuda", "mps"))
     amp: str = _f("auto", choices=("auto", "off", "bf16", "fp16"))  # auto: bf16 on CUDA and bf16-capable CPUs
     channels_last: bool = True
@@ -120,7 +120,7 @@ class TrainConfig:
     tta_translate: int = _f(0, lo=0, hi=8)          # also average views shifted by ±(t, t) pixels; 0 = off
     ema: float = _f(0.0, lo=0.0, hi=1.0)            # decay of an EMA of the weights, evaluated and saved; 0 = off
     stop_after: int = _f(0, lo=0)                   # end cleanly after this epoch, as if interrupted; 0 = never
-    num_threads: int = _f(0, lo=0)                  # CPU threads for torch; 0 = torch's default
+    num_threads: int = _f(0, lo=0, hi=1024)         # CPU threads for torch; 0 = torch's default
 
 
 @dataclass
@@ -229,7 +229,12 @@ def preset_from_env(default: str = "laptop", overrides: Iterable[str] | dict = (
 
 
 def preset_name_from_env(default: str = "laptop") -> str:
-    return os.environ.get(ENV_VAR, "").strip() or default
+    """``$HELPERS_PRESET`` (any case, e.g. ``SMOKE``), else ``default``; an unknown name is a one-line error."""
+    name = os.environ.get(ENV_VAR, "").strip().lower() or default
+    if name not in PRESETS:
+        raise ValueError(f"{ENV_VAR}={os.environ.get(ENV_VAR)!r} is not a preset; choose one of "
+                         f"{', '.join(PRESETS)} (or unset it for {default!r})")
+    return name
 
 
 # ---------------------------------------------------------------------------- overrides

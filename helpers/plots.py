@@ -15,6 +15,45 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 
+def _to_hwc(img: torch.Tensor) -> "np.ndarray":
+    """(3, H, W) uint8 or [0, 1] float → (H, W, 3) float in [0, 1] for imshow."""
+    img = img.detach().cpu()
+    img = img.float() / 255 if img.dtype == torch.uint8 else img.float().clamp(0, 1)
+    return img.permute(1, 2, 0).numpy()
+
+
+def show_grid(images: torch.Tensor | Sequence[torch.Tensor], titles: Sequence[str] | None = None,
+              ncols: int = 8, fig: Figure | None = None, size: float = 1.4,
+              fontsize: float = 8, suptitle: str | None = None) -> Figure:
+    """Images (B, 3, H, W) (uint8, or float in [0, 1]) in a grid with optional titles.
+
+    Draws into ``fig`` (cleared first) when given, else into a new figure of
+    ``size`` inches per image, which is closed in pyplot so that only the
+    returned object displays in a notebook. Touches no global rcParams.
+    """
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    has_titles = titles is not None and any(titles)
+    lines = max((str(t).count("\n") + 1 for t in titles), default=1) if has_titles else 0
+    if fig is None:
+        fig = plt.figure(figsize=(size * ncols, (size + 0.16 * lines) * nrows))
+        plt.close(fig)  # the caller displays the returned figure; pyplot must not show it again
+    else:
+        fig.clear()
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < n:
+            ax.imshow(_to_hwc(images[i]), interpolation="nearest")
+            if has_titles:
+                ax.set_title(str(titles[i]), fontsize=fontsize)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
 def _fig_ax(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     """The given axes and its figure, or a new figure with one axes."""
     if ax is not None:
@@ -179,7 +218,7 @@ def training_curves(history: Sequence[Mapping[str, float]], title: str | None = 
     return fig
 
 
-__all__ = ["reliability_diagram", "plot_curves", "plot_schedule", "plot_lr_finder", "plot_paths_2d",
+__all__ = ["show_grid", "reliability_diagram", "plot_curves", "plot_schedule", "plot_lr_finder", "plot_paths_2d",
            "training_curves"]
 
 
@@ -240,9 +279,8 @@ def mistakes_gallery(images: torch.Tensor, mistakes: Sequence[Mapping], classes:
     Args:
         images: (N, 3, H, W) uint8, the images the predictions were made on.
         mistakes: rows from ``helpers.analysis.most_confident_mistakes`` (index, label, pred, confidence).
-        fig: draw into this figure (cleared), as ``helpers.widgets.show_grid``.
+        fig: draw into this figure (cleared), as ``show_grid``.
     """
-    from .widgets import show_grid
     if not mistakes:
         if fig is None:
             fig = plt.figure(figsize=(4, 1))

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -98,6 +99,10 @@ def build_run(cfg: Config, data: CIFAR10, out_dir: str | Path | None = None,
     """Model, loss, data, augmentation, optimiser and schedule for ``cfg``, on its device."""
     tc = cfg.train
     if tc.num_threads:
+        cpus = os.cpu_count() or 1
+        if tc.num_threads > 4 * cpus:  # thousands of threads on a few cores make no progress at all
+            raise ValueError(f"train.num_threads={tc.num_threads} is far more than this machine's {cpus} "
+                             f"CPUs: use at most {cpus} (or 0 for torch's default)")
         torch.set_num_threads(tc.num_threads)
     device = pick_device(tc.device)
     if device.type == "cuda":
@@ -355,6 +360,19 @@ def fit(cfg: Config, data: CIFAR10 | None = None, out_dir: str | Path | None = N
         progress: show tqdm bars. log: where report lines go (default: ``tqdm.write``).
         on_epoch: called with the history after every epoch (e.g. live plots).
     """
+    # The run seeds torch's global RNG (dropout draws from it) and may set the thread count:
+    # both are the caller's again when fit returns.
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+            return _fit(cfg, data, out_dir, resume, progress, log, on_epoch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(cfg: Config, data: CIFAR10 | None, out_dir: str | Path | None, resume: str | Path | None,
+         progress: bool, log: Callable[[str], None] | None,
+         on_epoch: Callable[[list[dict]], None] | None) -> FitResult:
     log = log or tqdm.write
     tc = cfg.train
     if out_dir is not None and resume is None and (Path(out_dir) / "last.pt").exists():
@@ -524,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Preset: {name} (default, because {why}; choose with --preset)")
             cfg = get_preset(name, overrides)
             out = Path(args.out) if args.out else runs_dir() / name
+            if out.exists() and not out.is_dir():
+                p.error(f"--out {out} is a file, not a folder: choose a folder for the run")
             if (out / "last.pt").exists():
                 p.error(f"{out} already holds a run: continue it with --resume {out}, "
                         "or choose another --out")

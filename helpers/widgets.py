@@ -17,17 +17,15 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
-import math
 from typing import Sequence
 
 import ipywidgets as W
-import matplotlib.pyplot as plt
-import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from .augment import BatchAugment, denormalize
+from .plots import show_grid  # noqa: F401  (re-exported: notebooks import it from here too)
 from .config import DataConfig
 
 # Slider step per DataConfig field; the slider's range comes from the field's own
@@ -40,45 +38,6 @@ STEPS: dict[str, float] = {
 AUGMENT_FIELDS = ("flip_p", "translate", "rotation", "brightness", "contrast", "saturation", "hue")
 MIX_FIELDS = ("cutmix_alpha", "mixup_alpha", "cutmix_p", "mix_p")
 _ALPHA_MAX = 4.0  # Beta(α, α) beyond α = 4 looks like α = ∞: every mix is near 50/50
-
-
-def _to_hwc(img: torch.Tensor) -> "np.ndarray":
-    """(3, H, W) uint8 or [0, 1] float → (H, W, 3) float in [0, 1] for imshow."""
-    img = img.detach().cpu()
-    img = img.float() / 255 if img.dtype == torch.uint8 else img.float().clamp(0, 1)
-    return img.permute(1, 2, 0).numpy()
-
-
-def show_grid(images: torch.Tensor | Sequence[torch.Tensor], titles: Sequence[str] | None = None,
-              ncols: int = 8, fig: Figure | None = None, size: float = 1.4,
-              fontsize: float = 8, suptitle: str | None = None) -> Figure:
-    """Images (B, 3, H, W) (uint8, or float in [0, 1]) in a grid with optional titles.
-
-    Draws into ``fig`` (cleared first) when given, else into a new figure of
-    ``size`` inches per image, which is closed in pyplot so that only the
-    returned object displays in a notebook. Touches no global rcParams.
-    """
-    n = len(images)
-    ncols = max(1, min(ncols, n))
-    nrows = max(1, math.ceil(n / ncols))
-    has_titles = titles is not None and any(titles)
-    lines = max((str(t).count("\n") + 1 for t in titles), default=1) if has_titles else 0
-    if fig is None:
-        fig = plt.figure(figsize=(size * ncols, (size + 0.16 * lines) * nrows))
-        plt.close(fig)  # the caller displays the returned figure; pyplot must not show it again
-    else:
-        fig.clear()
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i < n:
-            ax.imshow(_to_hwc(images[i]), interpolation="nearest")
-            if has_titles:
-                ax.set_title(str(titles[i]), fontsize=fontsize)
-    if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout()
-    return fig
 
 
 def soft_label_text(target: torch.Tensor, classes: Sequence[str], k: int = 2) -> str:

@@ -44,3 +44,9 @@ def test_ablation_refuses_unknown_variants(capsys):
     except SystemExit as e:
         assert e.code == 2
     assert "unknown variant" in capsys.readouterr().err
+
+
+def test_tta_cost_times_every_setting():
+    import tta_cost
+    out = tta_cost.main(["--preset", "smoke", "--images", "64", "--rounds", "1", "--set", "train.num_threads=1"])
+    assert list(out) == ["none", "flip", "flip + translate"] and all(t > 0 for t in out.values())

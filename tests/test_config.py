@@ -1,5 +1,6 @@
 """helpers.config: defaults are Table 1, presets build, overrides are checked."""
 import dataclasses
+import typing
 
 import pytest
 
@@ -82,9 +83,16 @@ def test_env_var_selects_preset(monkeypatch):
     monkeypatch.delenv("HELPERS_PRESET")
     assert preset_from_env() == get_preset("laptop")
     assert preset_from_env("smoke") == get_preset("smoke")
+    monkeypatch.setenv("HELPERS_PRESET", "SMOKE")  # any case
+    assert preset_name_from_env() == "smoke"
     monkeypatch.setenv("HELPERS_PRESET", "nope")
-    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+    with pytest.raises(ValueError, match="HELPERS_PRESET='nope' is not a preset; choose one of seed, laptop"):
         preset_from_env()
+
+
+def test_num_classes_is_the_data_s():
+    with pytest.raises(ValueError, match="model.num_classes must be one of 10, got 5"):
+        get_preset("smoke", ["model.num_classes=5"])
 
 
 def test_preset_from_env_applies_overrides(monkeypatch):
@@ -124,11 +132,15 @@ def test_replace_returns_validated_copy():
     ("data.hue=0.6", "data.hue", "[0.0, 0.5]"),
     ("data.rotation=-5", "data.rotation", "[0.0, 180.0]"),
     ("data.cutmix_alpha=0", "data.cutmix_alpha", "(0.0, inf)"),
-    ("train.epochs=0", "train.epochs", "[1, inf)"),
+    ("train.epochs=0", "train.epochs", "[1, 100000]"),
+    ("train.epochs=10000000000", "train.epochs", "[1, 100000]"),
+    ("train.seed=18446744073709551616", "train.seed", "[0, 9223372036854775807]"),
+    ("train.num_threads=5000", "train.num_threads", "[0, 1024]"),
+    ("optim.pct_start=1.0", "optim.pct_start", "(0.0, 0.99]"),
     ("data.batch_size=0", "data.batch_size", "[1, inf)"),
     ("train.patience=-1", "train.patience", "[0, inf)"),
     ("optim.weight_decay=-1e-4", "optim.weight_decay", "[0.0, inf)"),
-    ("optim.pct_start=0", "optim.pct_start", "(0.0, 1.0]"),
+    ("optim.pct_start=0", "optim.pct_start", "(0.0, 0.99]"),
 ])
 def test_out_of_range_names_field_and_range(override, field, allowed):
     with pytest.raises(ValueError) as e:
@@ -189,7 +201,9 @@ def test_from_dict_validates():
 def test_every_numeric_field_has_a_range():
     # Documentation and validation share one home: each number says what it allows.
     for cls in (DataConfig, ModelConfig, LossConfig, OptimConfig, TrainConfig):
+        hints = typing.get_type_hints(cls)  # real types, whether or not annotations are postponed
         for f in dataclasses.fields(cls):
-            if f.type in ("int", "float"):
-                assert f.metadata.get("lo") is not None or f.metadata.get("hi") is not None, \
+            if hints[f.name] in (int, float):
+                meta = f.metadata
+                assert meta.get("lo") is not None or meta.get("hi") is not None or meta.get("choices"), \
                     f"{cls.__name__}.{f.name} has no allowed range"

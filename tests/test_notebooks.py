@@ -111,3 +111,11 @@ def test_checks_catch_a_bad_cell():
     assert _defined(tree) == ["confusion_matrix", "show_grid", "Fine"]
     mods = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     assert mods == ["sklearn.metrics"] and "sklearn" not in ALLOWED
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_kernel_is_the_one_lab_starts(path):
+    # JupyterLab names ipykernel's spec "Python 3 (ipykernel)": any other name marks the notebook
+    # as changed the moment it opens.
+    spec = nbformat.read(path, as_version=4).metadata.get("kernelspec", {})
+    assert (spec.get("name"), spec.get("display_name")) == ("python3", "Python 3 (ipykernel)")

@@ -185,6 +185,9 @@ def test_cli_smoke_run_and_resume(data_dir, tmp_path, capsys):
     (["--set", "optim.max_lr=-1"], "out of range"),
     (["--set", "novalue"], "not of the form"),
     (["--resume", "/nonexistent/run"], "no checkpoint at"),
+    (["--set", "optim.pct_start=1.0"], "optim.pct_start=1.0 is out of range"),
+    (["--set", "model.num_classes=5"], "model.num_classes must be one of 10"),
+    (["--set", "train.seed=18446744073709551616"], "train.seed=18446744073709551616 is out of range"),
 ])
 def test_cli_bad_arguments_are_usage_errors_not_tracebacks(argv, message, capsys, tmp_path):
     try:
@@ -193,6 +196,19 @@ def test_cli_bad_arguments_are_usage_errors_not_tracebacks(argv, message, capsys
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_cli_out_naming_a_file_is_a_usage_error(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main(["--preset", "smoke", "--out", str(f), "--no-progress"])
+    assert e.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_thousands_of_threads_are_refused_before_training(data):
+    with pytest.raises(ValueError, match="train.num_threads=1000 is far more than this machine"):
+        fit(_cfg("train.num_threads=1000"), data, progress=False, log=lambda s: None)
 
 
 def test_cli_refuses_to_overwrite_a_run(data_dir, tmp_path, capsys):
@@ -249,3 +265,24 @@ def test_a_snapshot_is_taken_before_write_returns(tmp_path):
     w.add_(1)  # training goes on changing the weights while the file is written
     writer.wait()
     assert torch.equal(load_checkpoint(tmp_path)["model"]["w"], torch.ones(3))
+
+
+def test_run_folder_gives_a_changed_config_a_folder_of_its_own(data, tmp_path):
+    from helpers.checkpoint import run_folder
+    cfg = _cfg("train.epochs=2")
+    assert run_folder(cfg, "laptop", root=tmp_path) == tmp_path / "laptop"          # free
+    fit(cfg, data, out_dir=tmp_path / "laptop", progress=False, log=lambda s: None)
+    assert run_folder(cfg, "laptop", root=tmp_path) == tmp_path / "laptop"          # same config: continue it
+    other = run_folder(_cfg("train.epochs=3"), "laptop", root=tmp_path)
+    assert other.parent == tmp_path and other.name.startswith("laptop-") and len(other.name) == len("laptop-") + 8
+    assert run_folder(_cfg("train.epochs=3"), "laptop", root=tmp_path) == other     # stable: resumable
+    assert run_folder(cfg.replace(["train.stop_after=1"]), "laptop", root=tmp_path) == tmp_path / "laptop"
+
+
+def test_fit_leaves_the_callers_threads_and_rng_alone(data):
+    threads = torch.get_num_threads()
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    fit(_cfg("train.epochs=2", "train.num_threads=1"), data, progress=False, log=lambda s: None)
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.get_rng_state(), before)
