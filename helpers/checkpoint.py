@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .config import Config
+from .data import PROJECT
 
 # Keys that may differ between a checkpoint and the config that resumes it:
 # they change where or how fast the run goes, not what it computes.
@@ -26,10 +27,18 @@ RESUME_SAFE = {"train.stop_after", "train.device", "train.compile", "train.num_t
                "data.root", "data.eval_batch_size", "data.aug_chunk"}
 
 
+def display_path(path: str | Path) -> str:
+    """``path`` as messages show it: relative to the project folder when inside it (no machine's
+    absolute paths in logs and notebook outputs), else as given."""
+    try:  # abspath, not resolve: a symlinked runs/ still counts as inside
+        return str(Path(os.path.abspath(path)).relative_to(PROJECT))
+    except ValueError:
+        return str(path)
+
+
 def runs_dir() -> Path:
     """Where run folders go: the project's ``runs/`` (from any working directory), else ``./runs``."""
-    project = Path(__file__).resolve().parents[1]
-    return project / "runs" if (project / "notebooks").is_dir() else Path("runs")
+    return PROJECT / "runs" if (PROJECT / "notebooks").is_dir() else Path("runs")
 
 
 class CheckpointError(RuntimeError):
@@ -210,7 +219,7 @@ def set_rng_state(state: dict, *generators: torch.Generator) -> None:
 
 def git_commit(folder: Path | None = None) -> str:
     """The checkout's commit (with ``+dirty`` for uncommitted changes), or ``"unknown"``."""
-    folder = folder or Path(__file__).resolve().parents[1]
+    folder = folder or PROJECT
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=folder, capture_output=True,
                                         text=True, timeout=5).stdout.strip()

@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .augment import BatchAugment, normalize
-from .checkpoint import (CheckpointError, CheckpointWriter, check_compatible, load_checkpoint, provenance,
+from .checkpoint import (CheckpointError, CheckpointWriter, check_compatible, display_path, load_checkpoint, provenance,
                          rng_state, runs_dir, set_rng_state, write_json, atomic_write_bytes, atomic_write_text)
 from .config import Config, get_preset, PRESETS, apply_overrides
 from .data import CIFAR10, DataError, DeviceBatches, channel_stats, load_cifar10, subset
@@ -382,9 +382,9 @@ def _fit(cfg: Config, data: CIFAR10 | None, out_dir: str | Path | None, resume: 
     start_epoch, start_step, partial = 0, 0, None
     if resume is not None:
         start_epoch, start_step, partial = restore(run, resume)
-        log(f"Resumed from {resume} at epoch {start_epoch + 1}, step {start_step}"
+        log(f"Resumed from {display_path(resume)} at epoch {start_epoch + 1}, step {start_step}"
             if start_epoch < tc.epochs else
-            f"Reloaded {resume}: all {tc.epochs} epochs are done (delete the folder to train again)")
+            f"Reloaded {display_path(resume)}: all {tc.epochs} epochs are done (delete the folder to train again)")
     if start_epoch < tc.epochs and run.net is not run.model:
         try:
             run.meta["compile_s"] = warm_up(run)
@@ -429,7 +429,7 @@ def _epochs(run: Run, start_epoch: int, start_step: int, partial: dict | None, p
             if acc["diverged"]:
                 status = "diverged"
                 run.log(f"Stopped: the training loss became NaN/inf in epoch {epoch + 1}. "
-                    + (f"The last good checkpoint in {run.out} is kept; " if run.out else "")
+                    + (f"The last good checkpoint in {display_path(run.out)} is kept; " if run.out else "")
                     + "try a lower optim.max_lr.")
                 break
             if interrupt.requested and acc["steps"] < len(run.batches):
@@ -438,7 +438,7 @@ def _epochs(run: Run, start_epoch: int, start_step: int, partial: dict | None, p
                 run.writer.wait()
                 status = "interrupted"
                 run.log(f"Interrupted in epoch {epoch + 1} after step {acc['steps']}; "
-                    + (f"saved, resume with --resume {run.out}" if run.out else "no out_dir, nothing saved"))
+                    + (f"saved, resume with --resume {display_path(run.out)}" if run.out else "no out_dir, nothing saved"))
                 break
             t = time.perf_counter()
             every, last = run.cfg.train.eval_every, epoch + 1 == run.cfg.train.epochs
@@ -452,12 +452,12 @@ def _epochs(run: Run, start_epoch: int, start_step: int, partial: dict | None, p
             if interrupt.requested:
                 status = "interrupted"
                 run.log(f"Interrupted after epoch {epoch + 1}; "
-                    + (f"saved, resume with --resume {run.out}" if run.out else "no out_dir, nothing saved"))
+                    + (f"saved, resume with --resume {display_path(run.out)}" if run.out else "no out_dir, nothing saved"))
                 break
             if run.cfg.train.stop_after and run.cfg.train.stop_after <= epoch + 1 < run.cfg.train.epochs:
                 status = "stop_after"
                 run.log(f"Stopping after epoch {epoch + 1} as asked (train.stop_after); "
-                    + (f"resume with --resume {run.out}" if run.out else "no out_dir, nothing to resume"))
+                    + (f"resume with --resume {display_path(run.out)}" if run.out else "no out_dir, nothing to resume"))
                 break
     return status, test_logits
 

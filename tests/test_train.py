@@ -286,3 +286,9 @@ def test_fit_leaves_the_callers_threads_and_rng_alone(data):
     fit(_cfg("train.epochs=2", "train.num_threads=1"), data, progress=False, log=lambda s: None)
     assert torch.get_num_threads() == threads
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_messages_show_project_paths_relative():
+    from helpers.checkpoint import display_path, runs_dir
+    assert display_path(runs_dir() / "laptop") == "runs/laptop"
+    assert display_path("/elsewhere/run") == "/elsewhere/run"
