@@ -170,7 +170,7 @@ def _laptop() -> Config:
     #   dropout are off: eight epochs underfit, they do not overfit;
     # - label smoothing 0.2; batch 256 with a peak lr of 0.4 reached at 20 % of the steps;
     # - test only after the last epoch (train.eval_every=0), with flip + translate TTA: six views
-    #   of 10,000 images cost ~39 s on the 2-core CPU, about half an epoch of training;
+    #   of 10,000 images cost 31-39 s on the 2-core CPU (benchmarks/tta_cost.py), half an epoch;
     # - bf16 autocast where the CPU has it (train.amp="auto") and the plain layout.
     return apply_overrides(Config(), {
         "model.channels": [64, 128, 256], "model.strides": [1, 2, 2], "model.stem_channels": 32,
