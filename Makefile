@@ -1,6 +1,7 @@
 # The course's commands. Each target creates/updates the local virtual environment itself.
 #   make lab    set up, get the data, open the course in JupyterLab
 #   make test   the whole test suite (pytest + every notebook under nbval, smoke preset)
+#   make test-fast  the quick loop: tests/ without `slow` and `real_data` tests, no data needed (< 1 min)
 #   make train  the full recipe from the command line: make train ARGS="--preset seed"
 #   make clean-runs delete every run folder under runs/ (asks first)
 #   make gpu-check  what training costs on this machine's GPU (ARGS="--full" adds the whole seed preset)
@@ -13,7 +14,7 @@ DATA    := data/cifar-10-batches-py
 OFFLINE := ../shared/data/cifar10/make_batches.py
 ARGS    ?=
 
-.PHONY: lab test train gpu-check data venv clean-venv clean-runs
+.PHONY: lab test test-fast train gpu-check data venv clean-venv clean-runs
 
 venv: $(STAMP)
 
@@ -38,6 +39,10 @@ lab: $(STAMP) $(DATA)
 
 test: $(STAMP) $(DATA)
 	HELPERS_PRESET=smoke $(BIN)/python -m pytest --nbval-lax tests notebooks
+
+# While editing: seconds, on a fake CIFAR-10; `make test` runs everything, slow and real-data tests too.
+test-fast: $(STAMP)
+	HELPERS_PRESET=smoke $(BIN)/python -m pytest -m "not slow and not real_data" tests
 
 train: $(STAMP) $(DATA)
 	$(BIN)/python -m helpers.train $(ARGS)

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.model import print_blocks, time_blocks  # noqa: E402
 from helpers.analysis import REPORT_PER_CLASS  # noqa: E402
 from helpers.augment import BatchAugment  # noqa: E402
-from helpers.checkpoint import provenance  # noqa: E402
+from helpers.checkpoint import RunFolder, provenance  # noqa: E402
 from helpers.config import get_preset  # noqa: E402
 from helpers.data import channel_stats, load_cifar10  # noqa: E402
 from helpers.engine import amp_dtype, compile_model, forward_backward, pick_device, train_step  # noqa: E402
@@ -312,8 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.full:
         run = Path(args.full_dir) if args.full_dir else out / "full-run"
         print(f"\n6. fit: the full {preset} preset ({cfg.train.epochs} epochs) into {run}", flush=True)
-        if (run / "last.pt").exists():
-            print(f"  {run} already holds a run: move it away first", file=sys.stderr)
+        try:
+            RunFolder(run).ensure_free()
+        except ValueError as e:
+            print(f"  {e}", file=sys.stderr)
             return 2
         rep["full"] = _summarise_fit(run_fit(cfg, data, run), cfg.train.epochs)
         f = rep["full"]
@@ -322,8 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         save()
     if args.speedrun:
         run = out / "speedrun-run"
-        if (run / "last.pt").exists():
-            print(f"  {run} already holds a run: move it away first", file=sys.stderr)
+        try:
+            RunFolder(run).ensure_free()
+        except ValueError as e:
+            print(f"  {e}", file=sys.stderr)
             return 2
         # --smoke shrinks it to seconds on a CPU (checks the path only); --set applies here too
         sp = get_preset("speedrun", (SMOKE_SPEEDRUN if args.smoke else []) + args.overrides)

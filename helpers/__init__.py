@@ -11,18 +11,6 @@ OneCycle, LR range test), ``engine`` (device, one step, prediction), ``train``
 (``fit``, the command line), ``checkpoint`` (run folders), ``analysis``,
 ``plots`` and ``widgets``.
 """
-from .analysis import (Predictions, confusion_matrix, expected_calibration_error, load_run_model,
-                       per_class_metrics, predictions)
-from .augment import BatchAugment, denormalize, normalize
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import CLASSES, Config, DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig, \
-    get_preset, preset_from_env
-from .data import CIFAR10, DataError, DeviceBatches, channel_stats, load_cifar10
-from .engine import evaluate, pick_device, predict, train_step
-from .losses import FocalLoss, build_loss
-from .model import MixingNet, build_model
-from .optim import build_optimizer, build_scheduler, lr_range_test
-
 __all__ = [
     "Predictions", "confusion_matrix", "expected_calibration_error", "load_run_model",
     "per_class_metrics", "predictions",
@@ -39,11 +27,34 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+import importlib  # after __all__, so the public names lead the file
+
+# Each public name loads its module on first use, so `import helpers` stays cheap and
+# ``python -m helpers.data`` / ``-m helpers.train`` run their module once, not after the
+# package imported it (runpy's RuntimeWarning "found in sys.modules").
+_SOURCE = {name: module for module, names in {
+    "analysis": ("Predictions", "confusion_matrix", "expected_calibration_error", "load_run_model",
+                 "per_class_metrics", "predictions"),
+    "augment": ("BatchAugment", "denormalize", "normalize"),
+    "checkpoint": ("CheckpointError", "load_checkpoint"),
+    "config": ("CLASSES", "Config", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig",
+               "TrainConfig", "get_preset", "preset_from_env"),
+    "data": ("CIFAR10", "DataError", "DeviceBatches", "channel_stats", "load_cifar10"),
+    "engine": ("evaluate", "pick_device", "predict", "train_step"),
+    "losses": ("FocalLoss", "build_loss"),
+    "model": ("MixingNet", "build_model"),
+    "optim": ("build_optimizer", "build_scheduler", "lr_range_test"),
+    "train": ("FitResult", "fit"),
+}.items() for name in names}
+
 
 def __getattr__(name: str):
-    # ``fit`` and ``FitResult`` load on first use, so ``python -m helpers.train`` (``make train``)
-    # runs the module once, not after an import of itself (runpy's RuntimeWarning).
-    if name in ("fit", "FitResult"):
-        from . import train
-        return getattr(train, name)
-    raise AttributeError(f"module 'helpers' has no attribute {name!r}")
+    if name not in _SOURCE:
+        raise AttributeError(f"module 'helpers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_SOURCE[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

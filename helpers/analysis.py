@@ -7,8 +7,12 @@ predictions of a model or run folder, the confusion matrix, per-class metrics an
 """
 from __future__ import annotations
 
-import math
+__all__ = ["expected_calibration_error", "mcnemar", "fit_temperature", "REPORT_PER_CLASS", "Predictions",
+           "RunModel", "find_checkpoint", "load_run_model", "predictions", "confusion_matrix", "row_normalize",
+           "per_class_metrics", "most_confused_pairs", "most_confident_mistakes", "compare_with_report"]
 
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
@@ -16,7 +20,7 @@ from typing import Mapping, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, eval_weights, load_checkpoint
+from .checkpoint import CheckpointError, RunFolder, eval_weights, load_checkpoint, load_weights
 from .config import CLASSES, Config
 from .engine import amp_dtype, predict
 from .model import build_model
@@ -113,11 +117,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     return float(log_t.detach().exp())
 
 
-__all__ = ["expected_calibration_error", "mcnemar", "fit_temperature"]
-
-
 # ---------------------------------------------------------------------------- predictions and errors
-# (issue 6) Predictions of a model or a run folder, the confusion matrix and what it tells:
+# Predictions of a model or a run folder, the confusion matrix and what it tells:
 #
 #     model, cfg, mean, std = load_run_model(runs_dir() / "laptop")   # best.pt of the run
 #     pred = predictions(model, test_x, test_y, mean, std, tta_flip=True)
@@ -174,33 +175,33 @@ class RunModel(NamedTuple):
     std: tuple
 
 
-def find_checkpoint(run: str | Path, prefer: str = "best.pt") -> Path:
-    """The checkpoint file of a run: ``run`` itself if it is a file, else ``run/prefer``
-    (best test accuracy by default), else ``run/last.pt``; ``CheckpointError`` if none."""
+def find_checkpoint(run: str | Path, prefer: str = RunFolder.BEST) -> Path:
+    """The checkpoint file to analyse: ``run`` itself if it is a file, else the run folder's
+    ``prefer`` (best.pt: the best epoch's weights), else its last.pt, with a warning that says so."""
     run = Path(run)
     if run.is_file():
         return run
-    for name in (prefer, "last.pt"):
-        if (run / name).is_file():
-            return run / name
-    raise CheckpointError(f"no checkpoint in {run.resolve()} (looked for {prefer} and last.pt); "
-                          "train one with `python -m helpers.train --out <folder>`")
+    path, note = RunFolder(run).analysis_checkpoint(prefer)
+    if note:
+        warnings.warn(note, stacklevel=2)
+    return path
 
 
-def load_run_model(run: str | Path, prefer: str = "best.pt",
+def load_run_model(run: str | Path, prefer: str = RunFolder.BEST,
                    device: str | torch.device = "cpu") -> RunModel:
     """Rebuild a trained model from a run folder or checkpoint file.
 
     The architecture comes from the checkpoint's own config and the normalisation
     from its meta, so the model sees exactly the inputs it was trained on.
     """
-    state = load_checkpoint(find_checkpoint(run, prefer), map_location=device)
+    path = find_checkpoint(run, prefer)
+    state = load_checkpoint(path, map_location=device)
     cfg = Config.from_dict(state["config"])
     meta = state.get("meta", {})
     if "mean" not in meta or "std" not in meta:
         raise CheckpointError(f"{run} has no normalisation statistics (meta.mean/std) in its checkpoint")
     model = build_model(cfg.model).to(device)
-    model.load_state_dict(eval_weights(state))
+    load_weights(model, eval_weights(state), path)
     return RunModel(model.eval(), cfg, tuple(meta["mean"]), tuple(meta["std"]))
 
 
@@ -332,8 +333,3 @@ def compare_with_report(ours: Mapping[str, float] | Sequence[float],
         raise ValueError(f"no accuracy for {', '.join(sorted(missing))}")
     return [{"class": c, "report": r, "ours": float(ours[c]), "diff": float(ours[c]) - r}
             for c, r in report.items()]
-
-
-__all__ += ["REPORT_PER_CLASS", "Predictions", "RunModel", "find_checkpoint", "load_run_model",
-            "predictions", "confusion_matrix", "row_normalize", "per_class_metrics",
-            "most_confused_pairs", "most_confident_mistakes", "compare_with_report"]

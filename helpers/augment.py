@@ -14,29 +14,33 @@ CutMix and MixUp *are* per-batch operations, so those come from
     for step, x, y_soft in aug.epoch(train_x, train_y, order, batch_size=128, epoch=3):
         ...                           # training: per-image ops on chunks of thousands of images
 
-Why chunks: on a GPU a call on 128 images is bound by kernel launches (51,600
-img/s on an H200), one on 10,000 by arithmetic (2.1 M img/s;
-``shared/GPU_MEASUREMENTS.md``); on a CPU chunks beyond ~1,000 images fall out of the
-caches (``AUG_CHUNK``). ``epoch`` draws every batch's parameters from
+Why chunks: on a GPU a call on 128 images is bound by kernel launches, one on
+thousands by arithmetic; on a CPU chunks beyond ~1,000 images fall out of the
+caches (``AUG_CHUNK``; BENCHMARKS.md, "GPU"). ``epoch`` draws every batch's parameters from
 that batch's own generator, seeded by (seed, epoch, step), so the result is the
 same whatever the chunk size, and a run resumed mid-epoch redraws it exactly.
 """
 from __future__ import annotations
 
+__all__ = ["BatchAugment", "batch_mixer", "AUG_CHUNK", "aug_chunk", "normalize", "denormalize", "to_float",
+           "hflip", "translate", "rotate", "adjust_brightness", "adjust_contrast", "adjust_saturation",
+           "adjust_hue"]
+
 import functools
+import math
 from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from .config import DataConfig
+from .config import DataConfig, expect_section
 
 _GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
-# Images per augmentation call when data.aug_chunk = 0, per device type. One epoch of the seed
-# settings on an H200: 1.03 s in calls of 128 images, 0.31 s of 1,024, 0.25 s of 8,192 (launch-bound).
-# On a 2-core CPU: 3.0 s at 128 and 1,024, 9-10 s at 8,192 (a chunk no longer fits the caches).
+# Images per augmentation call when data.aug_chunk = 0, per device type: a GPU is launch-bound
+# below thousands of images; on a CPU a chunk of 8,192 no longer fits the caches and is slower
+# than one of 1,024 (timings: BENCHMARKS.md, "GPU", the augmentation table and the line after it).
 AUG_CHUNK = {"cuda": 8192}
 AUG_CHUNK_DEFAULT = 1024
 
@@ -63,10 +67,28 @@ def _per_channel(values: tuple[float, ...], device: torch.device, dtype: torch.d
     return torch.tensor(values, dtype=dtype, device=device).view(1, -1, 1, 1)  # (1, C, 1, 1)
 
 
+def _stats(mean: Sequence[float], std: Sequence[float], where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``mean`` and ``std`` as tuples of floats, refused if they would make non-finite images."""
+    m, s = tuple(map(float, mean)), tuple(map(float, std))
+    _check_stats(m, s, where)
+    return m, s
+
+
+@functools.lru_cache(maxsize=32)
+def _check_stats(m: tuple[float, ...], s: tuple[float, ...], where: str) -> None:
+    # Cached: normalize runs once per batch, and the statistics are the same every time.
+    if len(m) != len(s) or not m:
+        raise ValueError(f"{where}: mean {m} and std {s} must give one value per channel each")
+    if not all(math.isfinite(v) for v in m) or not all(math.isfinite(v) and v > 0 for v in s):
+        raise ValueError(f"{where}: std must be > 0 and mean and std finite (else the images are not finite), "
+                         f"got mean {m}, std {s}: pass the training set's channel_stats")
+
+
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 or [0, 1] images (B, 3, H, W) → per-channel standardised float32."""
-    m = _per_channel(tuple(map(float, mean)), x.device, torch.float32)
-    s = _per_channel(tuple(map(float, std)), x.device, torch.float32)
+    mean, std = _stats(mean, std, "normalize")
+    m = _per_channel(mean, x.device, torch.float32)
+    s = _per_channel(std, x.device, torch.float32)
     return (to_float(x) - m) / s
 
 
@@ -162,6 +184,23 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- the pipeline
 
+def batch_mixer(cfg: DataConfig, num_classes: int = 10) -> v2.RandomChoice:
+    """CutMix (p = cutmix_p) or MixUp on a batch: torchvision draws one of them per call."""
+    expect_section(cfg, DataConfig, "batch_mixer")
+    return v2.RandomChoice([v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes),
+                            v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes)],
+                           p=[cfg.cutmix_p, 1.0 - cfg.cutmix_p])
+
+
+def _check_images(x: torch.Tensor, where: str) -> None:
+    # Metadata only (no host sync): float images in 0..255 would otherwise come out near white.
+    if x.dtype != torch.uint8:
+        raise TypeError(f"{where} expects uint8 images in 0..255, got {x.dtype}: pass the uint8 images "
+                        "as load_cifar10 gives them (or convert with .to(torch.uint8))")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"{where} expects images (N, 3, H, W), got shape {tuple(x.shape)}")
+
+
 class BatchAugment:
     """Per-image flip → translation → rotation → colour jitter → normalise, then CutMix or MixUp per batch.
 
@@ -172,13 +211,13 @@ class BatchAugment:
 
     def __init__(self, cfg: DataConfig, mean: Sequence[float], std: Sequence[float],
                  num_classes: int = 10, seed: int = 0):
-        self.cfg, self.mean, self.std, self.num_classes = cfg, tuple(mean), tuple(std), num_classes
+        expect_section(cfg, DataConfig, "BatchAugment")
+        # Floats once here: tensors would cost a host sync per batch in normalize.
+        self.mean, self.std = _stats(mean, std, "BatchAugment")
+        self.cfg, self.num_classes = cfg, num_classes
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
-        self._mixers = v2.RandomChoice(
-            [v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes),
-             v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes)],
-            p=[cfg.cutmix_p, 1.0 - cfg.cutmix_p])
+        self._mixers = batch_mixer(cfg, num_classes)
 
     def draw(self, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Per-image parameters for ``n`` images, (n,) CPU tensors, drawn in a fixed order."""
@@ -194,6 +233,7 @@ class BatchAugment:
 
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """uint8 (B, 3, H, W) and ``draw``'s parameters → augmented float (B, 3, H, W) in [0, 1]."""
+        _check_images(x, "BatchAugment")
         p = {}
         if params:  # one copy to the device for all of them, asynchronous on CUDA (page-locked memory)
             packed = torch.stack(list(params.values()))                  # (ops, B) on the CPU
@@ -252,6 +292,7 @@ class BatchAugment:
         batches, at least one; 0: ``AUG_CHUNK`` for the device); CutMix/MixUp per batch. Steps up to ``start`` are skipped
         without being computed (a resumed epoch).
         """
+        _check_images(x, "BatchAugment.epoch")
         n = len(x)
         steps = n // batch_size if drop_last else -(-n // batch_size)
         per_chunk = max(1, aug_chunk(chunk, x.device) // batch_size)     # batches per chunk
@@ -276,8 +317,3 @@ class BatchAugment:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-
-
-__all__ = ["BatchAugment", "AUG_CHUNK", "aug_chunk", "normalize", "denormalize", "to_float", "hflip", "translate",
-           "rotate",
-           "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_hue"]

@@ -10,6 +10,10 @@ allowed range in its metadata, so validation and documentation share one home.
 """
 from __future__ import annotations
 
+__all__ = ["Config", "DataConfig", "ModelConfig", "LossConfig", "OptimConfig", "TrainConfig", "CLASSES", "PRESETS",
+           "ENV_VAR", "get_preset", "preset_from_env", "preset_name_from_env", "apply_overrides", "all_keys",
+           "validate", "expect_section"]
+
 import ast
 import copy
 import dataclasses
@@ -113,7 +117,7 @@ class TrainConfig:
     amp: str = _f("auto", choices=("auto", "off", "bf16", "fp16"))  # auto: bf16 on CUDA and bf16-capable CPUs
     channels_last: bool = True
     # torch.compile the model: "cudagraphs" = mode="reduce-overhead" (CUDA graphs replay a whole
-    # step in one launch: 4.7 ms vs 15-19 eager on an H200); auto: cudagraphs on CUDA, off elsewhere
+    # step in one launch; BENCHMARKS.md, "GPU"); auto: cudagraphs on CUDA, off elsewhere
     compile: str = _f("auto", choices=("auto", "off", "default", "cudagraphs"))
     eval_every: int = _f(1, lo=0)                   # test after every N-th epoch and the last; 0 = the last only
     tta_flip: bool = False                          # average logits of image and its mirror at test time
@@ -154,6 +158,16 @@ class Config:
 _LEGACY = {"train.compile": {True: "default", False: "off"}}
 
 
+def expect_section(value: Any, cls: type, where: str) -> None:
+    """Raise a one-line ``TypeError`` unless ``value`` is a ``cls``: builders take one section, not the ``Config``."""
+    if isinstance(value, cls):
+        return
+    name = next((n for n, t in typing.get_type_hints(Config).items() if t is cls), None)
+    want = f"cfg.{name} (a {cls.__name__})" if name else f"a {cls.__name__}"
+    fix = f"pass cfg.{name}" if isinstance(value, Config) else f"pass {want}"
+    raise TypeError(f"{where} expects {want}, got a {type(value).__name__}: {fix}")
+
+
 # ---------------------------------------------------------------------------- presets
 
 def _seed() -> Config:
@@ -162,7 +176,7 @@ def _seed() -> Config:
 
 def _laptop() -> Config:
     # Ten minutes on a 2-core CPU: the same model family, loss and optimiser with the short-schedule
-    # techniques (issue 12; each measured on and off in BENCHMARKS.md, "Training fast"):
+    # techniques (each measured on and off in BENCHMARKS.md, "Training fast"):
     # - model: a stride-2 stem of 32 channels, then one mixing block per stage at 16×16, 8×8 and
     #   4×4, the last two entered by max-pooling (model.downsample) rather than strided convolutions;
     #   Table 1's K = 4 and reduction factor 4; max pooling in the head; 0.83 M parameters;
@@ -170,7 +184,8 @@ def _laptop() -> Config:
     #   dropout are off: eight epochs underfit, they do not overfit;
     # - label smoothing 0.2; batch 256 with a peak lr of 0.4 reached at 20 % of the steps;
     # - test only after the last epoch (train.eval_every=0), with flip + translate TTA: six views
-    #   of 10,000 images cost 31-39 s on the 2-core CPU (benchmarks/tta_cost.py), half an epoch;
+    #   of the test set cost about half an epoch on the 2-core CPU (BENCHMARKS.md, "What
+    #   test-time augmentation costs");
     # - bf16 autocast where the CPU has it (train.amp="auto") and the plain layout.
     return apply_overrides(Config(), {
         "model.channels": [64, 128, 256], "model.strides": [1, 2, 2], "model.stem_channels": 32,
@@ -189,14 +204,14 @@ def _smoke() -> Config:
         "data.train_subset": 1024, "data.test_subset": 512, "data.batch_size": 128,
         "model.channels": [16, 32, 64], "model.strides": [1, 2, 2], "model.stem_channels": 16,
         "train.epochs": 2, "train.patience": 0, "train.channels_last": False,
-        "train.compile": "off",  # seconds of training: compiling (21-37 s on an H200) would cost more
+        "train.compile": "off",  # seconds of training: compiling would cost more (BENCHMARKS.md, "GPU")
     })
 
 
 def _speedrun() -> Config:
-    # The laptop preset's short-schedule recipe at GPU scale (issue 12): target ≥ 93 % test accuracy
-    # in ≤ 60 s of training on one H100/H200. Not met yet: on one H200, 81.4 % in 25 s (16 epochs),
-    # 89.4 % in 61 s with train.epochs=64 (BENCHMARKS.md, "Training fast"; gpu_check.py --speedrun).
+    # The laptop preset's short-schedule recipe at GPU scale: target ≥ 93 % test accuracy in
+    # ≤ 60 s of training on one H100/H200, not met yet (BENCHMARKS.md, "`speedrun` on a GPU:
+    # measured, target not met"; gpu_check.py --speedrun).
     # Two mixing blocks per stage at 16×16, 8×8 and 4×4 after a frozen whitening stem at full
     # resolution; max-pool downsampling, translate + flip, label smoothing 0.2, no CutMix/MixUp,
     # rotation or jitter (a short run underfits), flip + translate TTA.

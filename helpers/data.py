@@ -9,7 +9,15 @@ a DataLoader) is kept in ``helpers.reference`` for teaching and benchmarking.
 """
 from __future__ import annotations
 
+__all__ = ["CIFAR10", "DataError", "DeviceBatches", "load_cifar10", "subset", "channel_stats", "fingerprint",
+           "official_files", "resolve_root", "PROJECT", "FOLDER", "TRAIN_FILES", "TEST_FILES", "URL", "MD5",
+           "DOWNLOAD_TIMEOUT"]
+
+import hashlib
 import pickle
+import socket
+import urllib.error
+from collections import Counter
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -23,6 +31,7 @@ TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"  # of the official archive (torchvision's value)
+DOWNLOAD_TIMEOUT = 60.0  # s without a byte from the server before the download gives up
 
 
 class DataError(RuntimeError):
@@ -42,7 +51,8 @@ def load_cifar10(root: str | Path = "data", download: bool = False) -> CIFAR10:
 
     With ``download=True`` and no data yet, fetch the official archive first
     (MD5-checked). Existing files are never deleted or overwritten.
-    Raises ``DataError`` with a clear message for missing or corrupt data.
+    Raises ``DataError`` with a clear message for missing or corrupt data, files
+    of the wrong size, and a training file that repeats the test file.
     """
     root = resolve_root(root)
     folder = root / FOLDER
@@ -53,6 +63,8 @@ def load_cifar10(root: str | Path = "data", download: bool = False) -> CIFAR10:
             raise DataError(_missing_message(folder)) from None
     train = [_read_batch(folder / name) for name in TRAIN_FILES]
     test = [_read_batch(folder / name) for name in TEST_FILES]
+    _check_counts(folder, [len(y) for _, y in train + test])
+    _check_no_overlap(folder, train, test)
     x, y = (torch.cat(t) for t in zip(*train))
     tx, ty = (torch.cat(t) for t in zip(*test))
     return CIFAR10(x, y, tx, ty, CLASSES)
@@ -84,11 +96,23 @@ def _missing_message(folder: Path) -> str:
 
 def _download(root: Path) -> None:
     from torchvision.datasets.utils import download_and_extract_archive
+    # torchvision opens its URLs with no timeout, so a server that accepts and never answers
+    # hangs it for ever; the default timeout is the only way in, and it is restored after.
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
     try:
         download_and_extract_archive(URL, download_root=str(root), md5=MD5)
     except Exception as e:  # URLError, socket errors, bad MD5: all mean "no usable download"
+        reason = e.reason if isinstance(e, urllib.error.URLError) else e
+        if isinstance(reason, TimeoutError):
+            host = URL.split("/")[2]
+            raise DataError(f"Could not download CIFAR-10: the server at {host} did not answer within "
+                            f"{DOWNLOAD_TIMEOUT:g} s; check the network (or proxy) and retry.\n"
+                            + _missing_message(root / FOLDER)) from None
         raise DataError(f"Could not download CIFAR-10 from {URL} ({type(e).__name__}: {e}).\n"
                         + _missing_message(root / FOLDER)) from None
+    finally:
+        socket.setdefaulttimeout(old)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -109,10 +133,17 @@ def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with open(path, "rb") as f:
             d = _ArrayUnpickler(f, encoding="bytes").load()
-        data, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"], dtype=np.int64)
+        data, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
     except Exception as e:  # truncated (EOFError), garbage (UnpicklingError), missing keys...
         raise DataError(f"CIFAR-10 batch file is corrupt or truncated: {path.resolve()} "
                         f"({type(e).__name__}: {e}). Replace it with a fresh copy.") from None
+    # Casting would turn 1.5 into 1 and fail on b"cat" far from the cause: require integers
+    # (dtype kind i/u, so not bool) in one flat list.
+    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+        raise DataError(f"CIFAR-10 batch file has labels that are not a flat list of integers: "
+                        f"{path.resolve()} holds labels {labels.dtype}{labels.shape}; expected (N,) "
+                        "integers 0..9. Replace it with a fresh copy.")
+    labels = labels.astype(np.int64)
     n = len(labels)
     if data.dtype != np.uint8 or data.shape != (n, 3 * 32 * 32) or n == 0:
         raise DataError(f"CIFAR-10 batch file has the wrong shape: {path.resolve()} holds data "
@@ -121,6 +152,77 @@ def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise DataError(f"CIFAR-10 batch file has labels outside 0..9: {path.resolve()}")
     # Rows are the R plane, then G, then B (1024 bytes each): a reshape, no copy per image.
     return torch.from_numpy(data.reshape(n, 3, 32, 32).copy()), torch.from_numpy(labels)
+
+
+def _read_meta(folder: Path) -> int | None:
+    """``num_cases_per_batch`` from ``batches.meta``: None without the file or the key."""
+    path = folder / "batches.meta"
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            n = _ArrayUnpickler(f, encoding="bytes").load().get(b"num_cases_per_batch")
+    except Exception as e:  # as in _read_batch: truncated, garbage, not a dict...
+        raise DataError(f"CIFAR-10 batches.meta is corrupt or truncated: {path.resolve()} "
+                        f"({type(e).__name__}: {e}). Replace it with a fresh copy.") from None
+    if n is not None and (type(n) is not int or n < 1):
+        raise DataError(f"CIFAR-10 batches.meta has num_cases_per_batch={n!r}: {path.resolve()}; "
+                        "expected a positive integer. Replace it with a fresh copy.")
+    return n
+
+
+def _check_counts(folder: Path, counts: list[int]) -> None:
+    """Every batch file holds ``num_cases_per_batch`` images (or, without it, as many as the others)."""
+    expected = _read_meta(folder)
+    source = "num_cases_per_batch in batches.meta"
+    if expected is None:  # a hand-made layout: the files must at least agree with each other
+        expected, source = Counter(counts).most_common(1)[0][0], "as the other batch files hold"
+    for name, n in zip(TRAIN_FILES + TEST_FILES, counts):
+        if n != expected:
+            raise DataError(f"CIFAR-10 batch file holds {n} images, not {expected} ({source}): "
+                            f"{(folder / name).resolve()}. The folder is incomplete or mixed; "
+                            "replace it with a complete copy.")
+
+
+def _check_no_overlap(folder: Path, train: list[tuple[torch.Tensor, torch.Tensor]],
+                      test: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """No training file is a copy of the test file (a whole-array compare: milliseconds)."""
+    for name, (x, _) in zip(TRAIN_FILES, train):
+        for test_name, (tx, _) in zip(TEST_FILES, test):
+            if torch.equal(x, tx):
+                raise DataError(f"CIFAR-10 training file holds the same images as {test_name}: "
+                                f"{(folder / name).resolve()}; train and test would overlap. "
+                                "Replace it with a fresh copy.")
+
+
+def official_files(root: str | Path = "data") -> bool:
+    """Whether the batch files are byte for byte the official release (torchvision's MD5s).
+
+    The offline JPEG copy is not (its pixels went through one JPEG round trip) and
+    is still accepted; this only says whether figures may differ slightly. Hashes
+    180 MB, so it is for ``python -m helpers.data``, not for every load.
+    """
+    from torchvision.datasets import CIFAR10 as Official
+    folder = resolve_root(root) / FOLDER
+    for name, md5 in Official.train_list + Official.test_list:
+        path = folder / name
+        if not path.is_file() or hashlib.md5(path.read_bytes()).hexdigest() != md5:
+            return False
+    return True
+
+
+def fingerprint(ds: CIFAR10) -> str:
+    """A 16-hex-digit digest of the images and labels (train and test), for checkpoints to record.
+
+    Any changed pixel, label, order or split changes it, so a resume can notice
+    other data (the offline JPEG copy has other pixels than the official files).
+    """
+    h = hashlib.sha256()  # CPUs with SHA extensions do it ~2x faster than blake2b: ~0.25 s here
+    for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y):
+        a = t.detach().cpu().contiguous().numpy()
+        h.update(repr((a.dtype.str, a.shape)).encode())  # so a moved split boundary counts
+        h.update(a.reshape(-1).view(np.uint8))           # the raw bytes, no per-image loop
+    return h.hexdigest()[:16]
 
 
 def subset(ds: CIFAR10, cfg: DataConfig) -> tuple[CIFAR10, tuple[torch.Tensor, torch.Tensor] | None]:
@@ -218,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"CIFAR-10 OK in {resolve_root(args.root) / FOLDER}: "
           f"{len(ds.train_y)} train, {len(ds.test_y)} test images")
+    print("official files" if official_files(args.root) else
+          "not the official files (e.g. the offline copy): figures may differ slightly")
     return 0
 
 

@@ -6,10 +6,15 @@ prediction, and a timer for a loop's phases.
 """
 from __future__ import annotations
 
+__all__ = ["pick_device", "amp_dtype", "cpu_info", "cpu_has_native_bf16", "autocast", "COMPILE_MODES",
+           "resolve_compile", "compile_model", "is_compiled", "forward_backward", "train_step", "predict",
+           "evaluate", "per_class_accuracy", "PhaseTimer"]
+
 import contextlib
 import functools
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -48,13 +53,25 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields in Linux's ``/proc/cpuinfo`` ("model name", "flags", …); {} elsewhere."""
+    return dict(_cpu_info())  # a copy: the cached dict must not be changed by a caller
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_info() -> dict[str, str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return {}
+    fields = (line.partition(":") for line in text.split("\n\n", 1)[0].splitlines())
+    return {key.strip(): value.strip() for key, sep, value in fields if sep}
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU does bf16 arithmetic in hardware (read from Linux's CPU flags)."""
-    try:
-        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
-    except OSError:  # not Linux: no cheap way to tell, so stay with fp32
-        return False
+    flags = cpu_info().get("flags", "").split()  # none (not Linux): no cheap way to tell, so fp32
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -188,9 +205,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
 
 
 def per_class_accuracy(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float]:
-    correct = torch.zeros(num_classes).index_add_(0, y.cpu(), (logits.argmax(1) == y).float().cpu())
-    count = torch.bincount(y.cpu(), minlength=num_classes).clamp_min(1)
-    return (correct / count).tolist()
+    """Accuracy on each true class, in class order (nan for a class without images).
+
+    The ``accuracy`` column of ``helpers.analysis.per_class_metrics``, computed by it.
+    """
+    from .analysis import confusion_matrix, per_class_metrics  # here: analysis imports this module
+    cm = confusion_matrix(y, logits.argmax(1), num_classes)
+    return [row["accuracy"] for row in per_class_metrics(cm, [str(k) for k in range(num_classes)])]
 
 
 # ---------------------------------------------------------------------------- timing

@@ -13,13 +13,15 @@ already mixed) and predicted ``p = softmax(logits)``:
 """
 from __future__ import annotations
 
+__all__ = ["FocalLoss", "build_loss"]
+
 from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CLASSES, LossConfig
+from .config import CLASSES, LossConfig, expect_section
 
 # Soft targets must sum to 1 within this tolerance; half-precision targets get a looser one
 # (ten bf16 values summed carry ~1e-2 relative error).
@@ -160,12 +162,10 @@ def _weights_tensor(weights: Weights, classes: Sequence[str]) -> torch.Tensor | 
 
 def build_loss(cfg: LossConfig, classes: Sequence[str] = CLASSES) -> FocalLoss:
     """The configured loss: "focal" (γ, ε, class factors) or "ce" (γ = 0, no factors, same ε)."""
+    expect_section(cfg, LossConfig, "build_loss")
     if cfg.name == "ce":
         return FocalLoss(gamma=0.0, label_smoothing=cfg.label_smoothing, class_weights=None)
     if cfg.name == "focal":
         return FocalLoss(gamma=cfg.gamma, label_smoothing=cfg.label_smoothing,
                          class_weights=dict(cfg.class_factors), classes=classes)
     raise ValueError(f"loss.name must be 'focal' or 'ce', got {cfg.name!r}")
-
-
-__all__ = ["FocalLoss", "build_loss"]

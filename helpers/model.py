@@ -27,6 +27,10 @@ A mixing block (the course design plus the report's additions, see
 """
 from __future__ import annotations
 
+__all__ = ["MixingNet", "MixingBlock", "MixConv", "Stem", "Classifier", "build_model", "whiten_stem",
+           "resolve_mix_impl", "count_params", "layer_summary", "block_budget", "MIX_IMPLS", "DOWNSAMPLE",
+           "POOLS", "KERNEL_MIN_HW", "STACKED_MAX_OUT", "AUTO_FALLBACK", "KERNEL_CHUNK", "WHITEN_IMAGES"]
+
 import math
 from typing import Callable
 
@@ -34,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from .config import ModelConfig, expect_section
 
 MIX_IMPLS = ("naive", "stacked", "kernel")
 DOWNSAMPLE = ("stride", "maxpool")   # how a block with stride s shrinks its input (see MixingBlock)
@@ -42,25 +46,20 @@ POOLS = ("avg", "max")               # the classifier's global pooling
 
 # "auto" → impl, per device type, from the block's output size (H·W) and K·C_out: a rule
 # read off measurements, never a path that measured slower than "naive" on that device.
-# CPU (2-core AMD EPYC, torch 2.14, batch 128, fwd+bwd, channels_last; BENCHMARKS.md
-# "Model (issue 3)"): kernel mixing wins 1.3–2.6× at 32×32, 16×16 and 8×8 outputs, where
-# each per-image kernel is reused over ≥ 64 positions, and loses 3.5–6× at 4×4, where writing
-# and reading B per-image kernels (1.2 GB for the seed model's last block at batch 128,
-# fp32) costs more than the K× FLOPs it saves. There, one GEMM with K·C_out outputs
-# ("stacked") beats K GEMMs ("naive") while its (B, K·C_out, H, W) output stays small:
-# 1.1–1.4× at K·C_out = 1024 in fp32 and bf16, but 1.1–1.5× slower at 3072–4096
-# (BENCHMARKS.md, "Training (issue 5)").
-# CUDA (H200, torch 2.11, batch 128, bf16, eager; BENCHMARKS.md "GPU (issue 11)"): "stacked" is
-# the fastest whole-model step, 13.4 ms against 16.8 for "naive" and 49.4 for "kernel" (seed
-# model; laptop model 11.2 / 15.4 / 19.4 ms), and the fastest block in blocks 2–6 (block 1, at
-# 32×32: "kernel" 10 % faster on one of two machines, "stacked" on the other). A GPU is
-# launch-bound at this size: one large convolution beats K small ones, and the per-image
-# grouped convolution is slowest. `benchmarks/gpu_check.py` re-times every block per impl.
+# CPU (BENCHMARKS.md, "Model" and "Training"): kernel mixing wins at 32×32, 16×16 and 8×8
+# outputs, where each per-image kernel is reused over ≥ 64 positions, and loses at 4×4, where
+# writing and reading B per-image kernels costs more than the K× FLOPs it saves. There, one
+# GEMM with K·C_out outputs ("stacked") beats K GEMMs ("naive") while its (B, K·C_out, H, W)
+# output stays small (K·C_out up to 1024), and loses beyond.
+# CUDA (BENCHMARKS.md, "GPU"): "stacked" is the fastest whole-model step, and the fastest block
+# but for block 1 at 32×32, where "kernel" is about even. A GPU is launch-bound at this size:
+# one large convolution beats K small ones, and the per-image grouped convolution is slowest.
+# `benchmarks/gpu_check.py` re-times every block per impl.
 KERNEL_MIN_HW = {"cpu": 64}                        # smallest H_out·W_out at which "kernel" is chosen
 STACKED_MAX_OUT = {"cpu": 1024, "cuda": math.inf}  # below that size, "stacked" up to this K·C_out, else:
 AUTO_FALLBACK = "naive"                            # larger blocks, and devices not measured (MPS)
-# Images per grouped convolution in "kernel". On CPU, 32 keeps a chunk's mixed kernels
-# near the caches (measured 2× faster than the whole batch at 16×16→8×8); a GPU wants one launch.
+# Images per grouped convolution in "kernel". On CPU, 32 keeps a chunk's mixed kernels near the
+# caches (faster than the whole batch: BENCHMARKS.md, "Model"); a GPU wants one launch.
 KERNEL_CHUNK = {"cpu": 32}
 
 
@@ -315,7 +314,7 @@ class MixingNet(nn.Module):
         super().__init__()
         if len(channels) != len(strides):
             raise ValueError(f"{len(channels)} channel widths but {len(strides)} strides")
-        self.num_classes, self.num_features = num_classes, channels[-1]
+        self.num_classes, self.num_features, self.in_chans = num_classes, channels[-1], in_chans
         self.stem = Stem(in_chans, stem_channels, stem_stride, norm_layer, act_layer)
         widths = [stem_channels] + list(channels)
         self.blocks = nn.ModuleList(
@@ -347,9 +346,24 @@ class MixingNet(nn.Module):
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(feats, pre_logits)                              # (B, num_classes)
 
+    def _check_input(self, x: torch.Tensor) -> None:
+        # Metadata only, so torch.compile turns it into guards: a wrong dtype would otherwise fail
+        # deep inside a convolution. Autocast casts float32/16 inputs per op, never float64.
+        want = f"normalised float images (B, {self.in_chans}, 32, 32)"
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"MixingNet expects {want}; got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"MixingNet expects {want}; got {x.dtype}: normalise them with "
+                            "helpers.normalize(x, mean, std) first")
+        weight = self.stem.conv.weight.dtype
+        if x.dtype != weight and (x.dtype == torch.float64 or not torch.is_autocast_enabled(x.device.type)):
+            fix = f"x.to({weight})" + ("" if x.dtype == torch.float64 else " or run under torch.autocast")
+            raise TypeError(f"MixingNet's weights are {weight} but the images are {x.dtype}: convert them with {fix}")
+
     def forward(self, x: torch.Tensor, return_mix: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, 3, H, W) → logits (B, num_classes) [, list of a (B, K), one per block]."""
+        self._check_input(x)
         feats, mix = self.forward_features(x, return_mix=True)
         logits = self.forward_head(feats)
         return (logits, mix) if return_mix else logits
@@ -357,6 +371,7 @@ class MixingNet(nn.Module):
 
 def build_model(cfg: ModelConfig) -> MixingNet:
     """A ``MixingNet`` from ``cfg``; builds on the CPU in fp32, the caller moves it."""
+    expect_section(cfg, ModelConfig, "build_model")
     return MixingNet(channels=list(cfg.channels), strides=list(cfg.strides),
                      stem_channels=cfg.stem_channels, stem_stride=cfg.stem_stride, num_k=cfg.num_k,
                      reduction_factor=cfg.reduction_factor, gate=cfg.gate,

@@ -13,6 +13,9 @@ effective step lr/(1 − momentum) from swinging as far as the lr does (Smith 20
 """
 from __future__ import annotations
 
+__all__ = ["build_optimizer", "build_scheduler", "param_groups", "schedule_values",
+           "lr_range_test", "suggest_lr", "BASE_MOMENTUM", "MAX_MOMENTUM", "NORM_LAYERS"]
+
 import copy
 import math
 from typing import Any, Callable, Iterable
@@ -21,7 +24,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 
-from .config import OptimConfig
+from .config import OptimConfig, expect_section
 from .engine import train_step  # not .train: train imports optim
 
 # OneCycleLR's own defaults, written out so notebooks and tests can show them. The report
@@ -57,6 +60,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
     """SGD with (Nesterov) momentum and weight decay; norm/bias exempt if ``cfg.no_decay_norm_bias``."""
+    expect_section(cfg, OptimConfig, "build_optimizer")
     if cfg.nesterov and cfg.momentum <= 0:
         raise ValueError(f"optim.nesterov=True needs optim.momentum > 0, got {cfg.momentum}")
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias)
@@ -79,6 +83,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: 
     Two phases (three_phase=False): cosine warm-up from max_lr/div_factor to max_lr over
     pct_start of the steps, then cosine annealing to max_lr/(div_factor·final_div_factor).
     """
+    expect_section(cfg, OptimConfig, "build_scheduler")
     if epochs < 1 or steps_per_epoch < 1:
         raise ValueError(f"need epochs >= 1 and steps_per_epoch >= 1, got {epochs} and {steps_per_epoch}")
     total_steps = epochs * steps_per_epoch
@@ -206,7 +211,3 @@ def suggest_lr(result: dict[str, Any], skip_start: int = 5, skip_end: int = 3) -
               for i in range(lo + 1, hi - 1)]  # central differences in log10(lr)
     i = min(range(len(slopes)), key=slopes.__getitem__)
     return lrs[lo + 1 + i]
-
-
-__all__ = ["build_optimizer", "build_scheduler", "param_groups", "schedule_values",
-           "lr_range_test", "suggest_lr", "BASE_MOMENTUM", "MAX_MOMENTUM", "NORM_LAYERS"]

@@ -6,6 +6,10 @@ into), returns the figure, and leaves matplotlib's global state (rcParams, style
 """
 from __future__ import annotations
 
+__all__ = ["show_grid", "reliability_diagram", "plot_curves", "plot_schedule", "plot_lr_finder", "plot_paths_2d",
+           "training_curves", "confusion_heatmap", "per_class_bars", "mistakes_gallery", "ablation_bars",
+           "accuracy_vs_time"]
+
 import math
 from typing import Callable, Mapping, Sequence
 
@@ -218,11 +222,7 @@ def training_curves(history: Sequence[Mapping[str, float]], title: str | None = 
     return fig
 
 
-__all__ = ["show_grid", "reliability_diagram", "plot_curves", "plot_schedule", "plot_lr_finder", "plot_paths_2d",
-           "training_curves"]
-
-
-# ---------------------------------------------------------------------------- confusion and errors (issue 6)
+# ---------------------------------------------------------------------------- confusion and errors
 
 def confusion_heatmap(cm: torch.Tensor, classes: Sequence[str], normalize: bool = False,
                       ax: Axes | None = None, title: str | None = None, cmap: str = "Blues") -> Figure:
@@ -296,9 +296,6 @@ def mistakes_gallery(images: torch.Tensor, mistakes: Sequence[Mapping], classes:
     return show_grid(picked, titles, ncols=ncols, fig=fig, suptitle=suptitle)
 
 
-__all__ += ["confusion_heatmap", "per_class_bars", "mistakes_gallery"]
-
-
 # ---------------------------------------------------------------------------- short-schedule ablation
 
 def ablation_bars(accuracy: Mapping[str, float], baseline: str = "full", ax: Axes | None = None,
@@ -350,6 +347,3 @@ def accuracy_vs_time(rows: Sequence[Mapping[str, float]], final_acc: float | Non
     if title:
         ax.set_title(title)
     return fig
-
-
-__all__ += ["ablation_bars", "accuracy_vs_time"]

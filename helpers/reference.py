@@ -8,6 +8,8 @@ work batched on the device; ``benchmarks/data_pipeline.py`` compares the two.
 """
 from __future__ import annotations
 
+__all__ = ["CIFAR10Images", "train_transform", "seed_loader", "images_per_second"]
+
 import os
 import time
 from typing import Callable, Iterable, Sequence
@@ -17,7 +19,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .config import DataConfig
+from .augment import batch_mixer  # one CutMix/MixUp chooser for both pipelines
+from .config import DataConfig, expect_section
 
 
 class CIFAR10Images(Dataset):
@@ -38,6 +41,7 @@ class CIFAR10Images(Dataset):
 
 def train_transform(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """The seed's per-sample training transform: flip, rotation, colour jitter, to tensor, normalise."""
+    expect_section(cfg, DataConfig, "train_transform")
     return v2.Compose([
         v2.RandomHorizontalFlip(cfg.flip_p),
         v2.RandomRotation(cfg.rotation),
@@ -46,13 +50,6 @@ def train_transform(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean, std),
     ])
-
-
-def batch_mixer(cfg: DataConfig, num_classes: int = 10) -> v2.RandomChoice:
-    """CutMix or MixUp on a collated batch (torchvision draws one of them per call)."""
-    return v2.RandomChoice([v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes),
-                            v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes)],
-                           p=[cfg.cutmix_p, 1 - cfg.cutmix_p])
 
 
 def seed_loader(x: torch.Tensor, y: torch.Tensor, cfg: DataConfig, mean: Sequence[float],

@@ -13,10 +13,11 @@ test (and validation) loss and accuracy, a checkpoint, early stopping.
 """
 from __future__ import annotations
 
+__all__ = ["fit", "FitResult", "Run", "build_run", "warm_up", "train_epoch", "evaluate_run", "end_epoch", "save",
+           "restore", "nonfinite_weights", "main"]
+
+import contextlib
 import copy
-import csv
-import io
-import json
 import math
 import os
 import signal
@@ -33,10 +34,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .augment import BatchAugment, normalize
-from .checkpoint import (CheckpointError, CheckpointWriter, check_compatible, display_path, load_checkpoint, provenance,
-                         rng_state, runs_dir, set_rng_state, write_json, atomic_write_bytes, atomic_write_text)
+from .checkpoint import (CheckpointError, RunFolder, check_compatible, display_path,
+                         load_checkpoint, load_weights, provenance, resume_source, rng_state, runs_dir, set_rng_state)
 from .config import Config, get_preset, PRESETS, apply_overrides
-from .data import CIFAR10, DataError, DeviceBatches, channel_stats, load_cifar10, subset
+from .data import CIFAR10, DataError, DeviceBatches, channel_stats, fingerprint, load_cifar10, subset
 from .engine import (PhaseTimer, amp_dtype, compile_model, evaluate, forward_backward, per_class_accuracy,
                      pick_device, predict, resolve_compile, train_step)
 from .losses import build_loss
@@ -75,13 +76,16 @@ class Run:
     classes: tuple[str, ...]
     mean: list[float]
     std: list[float]
-    meta: dict                         # config, seed, provenance: written to run.json
-    out: Path | None
+    meta: dict                         # config, seed, provenance, data fingerprint: written to run.json
+    folder: RunFolder | None           # where the run is written; None: nothing is
     log: Callable[[str], None]
     ema: AveragedModel | None = None   # an EMA of ``model``'s weights and buffers (train.ema > 0)
-    writer: CheckpointWriter = field(default_factory=CheckpointWriter)
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"metric": -math.inf, "epoch": 0, "since": 0})
+
+    @property
+    def out(self) -> Path | None:
+        return self.folder.path if self.folder is not None else None
 
     @property
     def eval_model(self) -> nn.Module:
@@ -94,7 +98,7 @@ class Run:
                     tta_translate=tc.tta_translate, channels_last=tc.channels_last)
 
 
-def build_run(cfg: Config, data: CIFAR10, out_dir: str | Path | None = None,
+def build_run(cfg: Config, data: CIFAR10, out_dir: str | Path | RunFolder | None = None,
               log: Callable[[str], None] = print) -> Run:
     """Model, loss, data, augmentation, optimiser and schedule for ``cfg``, on its device."""
     tc = cfg.train
@@ -133,8 +137,10 @@ def build_run(cfg: Config, data: CIFAR10, out_dir: str | Path | None = None,
         scheduler=build_scheduler(optimizer, cfg.optim, epochs=tc.epochs, steps_per_epoch=len(batches)),
         scaler=torch.amp.GradScaler(device.type) if dtype == torch.float16 else None,
         eval_sets=eval_sets, classes=ds.classes, mean=mean, std=std,
-        meta={"config": cfg.to_dict(), "seed": tc.seed, "mean": mean, "std": std, **provenance(device)},
-        out=Path(out_dir) if out_dir is not None else None, log=log)
+        meta={"config": cfg.to_dict(), "seed": tc.seed, "mean": mean, "std": std,
+              "data_fingerprint": fingerprint(data), **provenance(device)},
+        folder=(out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir)) if out_dir is not None else None,
+        log=log)
 
 
 def warm_up(run: Run) -> float:
@@ -173,26 +179,29 @@ def warm_up(run: Run) -> float:
 def save(run: Run, epoch: int, step: int, partial: dict | None, best: bool = False,
          order_state: torch.Tensor | None = None) -> None:
     """Start writing ``last.pt`` (and ``best.pt``, the same file) in the background; nothing without an out_dir."""
-    if run.out is None:
+    if run.folder is None:
         return
     rng = rng_state(run.batches.generator, run.aug.generator)
     if order_state is not None:  # mid-epoch: resume redraws this epoch's order from here
         rng["generators"][0] = order_state
-    run.writer.write(run.out / "last.pt", {
+    run.folder.save({
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else {},
         "rng": rng, "epoch": epoch, "step": step, "partial": partial, "history": run.history,
         "best": run.best, "config": run.cfg.to_dict(),
         **({"ema": run.ema.state_dict()} if run.ema is not None else {}),
-        "meta": {k: v for k, v in run.meta.items() if k != "config"}},
-        links=(run.out / "best.pt",) if best else ())
+        "meta": {k: v for k, v in run.meta.items() if k != "config"}}, best=best)
 
 
-def restore(run: Run, resume: str | Path) -> tuple[int, int, dict | None]:
-    """Load a checkpoint into ``run``; returns (epochs done, steps done in the next, its partial sums)."""
-    state = load_checkpoint(resume, map_location=run.device)
-    check_compatible(state, run.cfg, resume)
-    run.model.load_state_dict(state["model"])
+def restore(run: Run, state: dict, path: str | Path) -> tuple[int, int, dict | None]:
+    """Load a checkpoint's ``state`` into ``run``; returns (epochs done, steps done in the next, its partial sums)."""
+    check_compatible(state, run.cfg, display_path(path))
+    saved, now = state.get("meta", {}).get("data_fingerprint"), run.meta["data_fingerprint"]
+    if saved is not None and saved != now:  # checkpoints from before fingerprints are taken on trust
+        raise CheckpointError(
+            f"{display_path(path)} was trained on other data (fingerprint {saved}, this data {now}): resume it "
+            "with the CIFAR-10 copy it was trained on (data.root / --data-dir), or start a new run")
+    load_weights(run.model, state["model"], path)
     if run.ema is not None:
         run.ema.load_state_dict(state["ema"])
     run.optimizer.load_state_dict(state["optimizer"])
@@ -204,16 +213,20 @@ def restore(run: Run, resume: str | Path) -> tuple[int, int, dict | None]:
     return state["epoch"], state["step"], state["partial"]
 
 
-def _write_run_json(run: Run, resumed_at: tuple[int, int] | None) -> None:
-    run.out.mkdir(parents=True, exist_ok=True)
-    path = run.out / "run.json"
-    if resumed_at is None or not path.exists():
-        write_json(path, run.meta)
-    elif resumed_at[0] < run.cfg.train.epochs:  # keep the original provenance; record each resume
-        saved = json.loads(path.read_text())
-        saved.setdefault("resumes", []).append({"epoch": resumed_at[0], "step": resumed_at[1],
-                                                **{k: v for k, v in run.meta.items() if k != "config"}})
-        write_json(path, saved)
+def nonfinite_weights(run: Run) -> list[str]:
+    """Names of the weights and buffers (the EMA's too) holding NaN or inf; one host sync."""
+    tensors = dict(run.model.state_dict())
+    if run.ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in run.ema.state_dict().items()})
+    floats = [(k, t) for k, t in tensors.items() if t.is_floating_point()]
+    finite = torch.stack([torch.isfinite(t).all() for _, t in floats]).tolist()
+    return [k for (k, _), ok in zip(floats, finite) if not ok]
+
+
+def _diverged(run: Run, epoch: int, what: str) -> str:
+    """The message for a run stopped by non-finite numbers: what happened and, truthfully, what was kept."""
+    kept = run.folder.kept() if run.folder is not None else "Nothing was saved (no out_dir)."
+    return f"Stopped: {what} in epoch {epoch + 1}. {kept} Try a lower optim.max_lr."
 
 
 # ---------------------------------------------------------------------------- one epoch
@@ -284,7 +297,7 @@ def evaluate_run(run: Run) -> dict[str, dict]:
 
 def end_epoch(run: Run, epoch: int, acc: dict, metrics: dict[str, dict], eval_s: float,
               on_epoch: Callable[[list[dict]], None] | None = None) -> str | None:
-    """Record the epoch, checkpoint it, and decide: returns "early_stop" or None (go on).
+    """Record the epoch, checkpoint it, and decide: returns "early_stop", "diverged" or None (go on).
 
     ``metrics`` None: an epoch that ``train.eval_every`` does not evaluate; its test (and
     validation) figures are NaN, and it cannot become the best epoch.
@@ -299,19 +312,21 @@ def end_epoch(run: Run, epoch: int, acc: dict, metrics: dict[str, dict], eval_s:
         rec.update(val_loss=sets["val"]["loss"], val_acc=sets["val"]["acc"])
     rec.update(time=acc["time"] + eval_s, time_train=acc["time_train"], time_aug=acc["time_aug"],
                time_eval=eval_s)
-    run.history.append(rec)
     run.log(f"Epoch {epoch + 1}/{tc.epochs} runtime was: {rec['time']:.2f} seconds")
     run.log(f"Epoch: {epoch + 1}, Train Acc: {rec['train_acc']:.4f}, Train Loss: {rec['train_loss']:.4f}, "
             f"Test Acc: {rec['test_acc']:.4f}, Test Loss: {rec['test_loss']:.4f}"
             + (f", Val Acc: {rec['val_acc']:.4f}" if "val" in sets else ""))
+    bad = nonfinite_weights(run)
+    if bad:  # a finite loss does not mean finite weights (e.g. BatchNorm variances of inf at a huge lr)
+        run.log(_diverged(run, epoch, f"{len(bad)} weights or buffers became NaN/inf (e.g. {bad[0]})"))
+        return "diverged"  # the epoch enters neither the history nor a checkpoint
+    run.history.append(rec)
     improved = metrics is not None and rec[tc.monitor] > run.best["metric"]
     run.best = ({"metric": rec[tc.monitor], "epoch": epoch + 1, "since": 0} if improved
                 else {**run.best, "since": run.best["since"] + 1})
     t = time.perf_counter()
-    save(run, epoch + 1, 0, None, best=improved)  # written while the next epoch trains
-    rec["time_checkpoint"] = time.perf_counter() - t  # in history.json; the checkpoint was written before it
-    if run.out is not None:
-        _write_history(run.out, run.history)
+    save(run, epoch + 1, 0, None, best=improved)  # written while the next epoch trains; history after it
+    rec["time_checkpoint"] = time.perf_counter() - t  # in the next checkpoint's history and the final history.json
     if on_epoch is not None:
         on_epoch(run.history)
     if tc.patience and run.best["since"] >= tc.patience:
@@ -360,31 +375,44 @@ def fit(cfg: Config, data: CIFAR10 | None = None, out_dir: str | Path | None = N
         progress: show tqdm bars. log: where report lines go (default: ``tqdm.write``).
         on_epoch: called with the history after every epoch (e.g. live plots).
     """
+    folder = RunFolder(out_dir) if out_dir is not None else None
+    if folder is not None and resume is None:
+        folder.ensure_free()  # refused before the folder is touched
     # The run seeds torch's global RNG (dropout draws from it) and may set the thread count:
     # both are the caller's again when fit returns.
     threads = torch.get_num_threads()
     try:
-        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
-            return _fit(cfg, data, out_dir, resume, progress, log, on_epoch)
+        with (folder.lock() if folder is not None else contextlib.nullcontext(),
+              torch.random.fork_rng(devices=list(range(torch.cuda.device_count())))):
+            if folder is not None and resume is None:
+                folder.ensure_free()  # again under the lock: another training may have begun meanwhile
+            return _fit(cfg, data, folder, resume, progress, log or tqdm.write, on_epoch)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit(cfg: Config, data: CIFAR10 | None, out_dir: str | Path | None, resume: str | Path | None,
-         progress: bool, log: Callable[[str], None] | None,
+def _fit(cfg: Config, data: CIFAR10 | None, folder: RunFolder | None, resume: str | Path | None,
+         progress: bool, log: Callable[[str], None],
          on_epoch: Callable[[list[dict]], None] | None) -> FitResult:
-    log = log or tqdm.write
     tc = cfg.train
-    if out_dir is not None and resume is None and (Path(out_dir) / "last.pt").exists():
-        raise ValueError(f"{out_dir} already holds a run: continue it with resume={str(out_dir)!r}, "
-                         "or choose another out_dir (runs are never overwritten)")
-    run = build_run(cfg, data if data is not None else load_cifar10(cfg.data.root), out_dir, log)
+    state = branch = None
+    if resume is not None:
+        source, branch = resume_source(resume, folder)
+        state = load_checkpoint(source)
+    run = build_run(cfg, data if data is not None else load_cifar10(cfg.data.root), folder, log)
     start_epoch, start_step, partial = 0, 0, None
     if resume is not None:
-        start_epoch, start_step, partial = restore(run, resume)
-        log(f"Resumed from {display_path(resume)} at epoch {start_epoch + 1}, step {start_step}"
+        start_epoch, start_step, partial = restore(run, state, source)
+        if folder is not None:
+            if branch:  # a new folder starts from a copy of the checkpoint, so it is complete on its own
+                folder.start_from(source)
+            folder.saved = {"epoch": start_epoch, "step": start_step}
+            for fixed in folder.repair(state):
+                log(f"Repaired {display_path(folder.path)}: {fixed}")
+        log(f"Resumed from {display_path(source)} at epoch {start_epoch + 1}, step {start_step}"
+            + (f", into the new folder {display_path(folder.path)}" if branch else "")
             if start_epoch < tc.epochs else
-            f"Reloaded {display_path(resume)}: all {tc.epochs} epochs are done (delete the folder to train again)")
+            f"Reloaded {display_path(source)}: all {tc.epochs} epochs are done (delete the folder to train again)")
     if start_epoch < tc.epochs and run.net is not run.model:
         try:
             run.meta["compile_s"] = warm_up(run)
@@ -396,13 +424,17 @@ def _fit(cfg: Config, data: CIFAR10 | None, out_dir: str | Path | None, resume: 
             run.meta["compile_error"] = f"{type(e).__name__}: {why}"
             log(f"Compiling failed ({run.meta['compile_error']}); training without compilation "
                 "(set train.compile=off to skip the attempt)")
-    if run.out is not None:
-        _write_run_json(run, (start_epoch, start_step) if resume is not None else None)
+    if folder is not None:
+        folder.write_meta(run.meta, (start_epoch, start_step) if resume is not None else None,
+                          branched_from={"checkpoint": display_path(source), "epoch": start_epoch,
+                                         "step": start_step} if branch else None,
+                          finished=start_epoch >= tc.epochs)
 
     try:
         status, test_logits = _epochs(run, start_epoch, start_step, partial, progress, on_epoch)
     finally:
-        run.writer.wait()  # the last checkpoint is on disk before fit returns
+        if folder is not None:
+            folder.wait()  # the last checkpoint is on disk before fit returns (or its failure is raised)
 
     test_x, test_y = run.eval_sets["test"]
     if test_logits is None:  # no epoch finished in this call
@@ -411,9 +443,11 @@ def _fit(cfg: Config, data: CIFAR10 | None, out_dir: str | Path | None, resume: 
     report = _report(run.history, per_class, tc.epochs)
     if run.history:
         log(report.split("\n\n", 1)[-1])
-    if run.out is not None and run.history:
-        atomic_write_text(run.out / "report.txt", report)
-        _save_curves(run.out, run.history)
+    if folder is not None and run.history:
+        folder.write_history(run.history)  # complete now: the last epoch's checkpoint time included
+        folder.write_report(report, run.history)
+    if folder is not None and folder.meta.exists():
+        folder.write_status(status, len(run.history))
     return FitResult(run.eval_model, run.history, per_class, status, run.out, report, run.meta)
 
 
@@ -428,14 +462,18 @@ def _epochs(run: Run, start_epoch: int, start_step: int, partial: dict | None, p
             start_step, partial = 0, None
             if acc["diverged"]:
                 status = "diverged"
-                run.log(f"Stopped: the training loss became NaN/inf in epoch {epoch + 1}. "
-                    + (f"The last good checkpoint in {display_path(run.out)} is kept; " if run.out else "")
-                    + "try a lower optim.max_lr.")
+                run.log(_diverged(run, epoch, "the training loss became NaN/inf"))
                 break
             if interrupt.requested and acc["steps"] < len(run.batches):
+                bad = nonfinite_weights(run)
+                if bad:
+                    status = "diverged"
+                    run.log(_diverged(run, epoch, f"{len(bad)} weights or buffers became NaN/inf (e.g. {bad[0]})"))
+                    break
                 saved = {k: acc[k] for k in ("loss", "correct", "n", "time", "time_train", "time_aug")}
                 save(run, epoch, acc["steps"], saved, order_state=acc["order_state"])
-                run.writer.wait()
+                if run.folder is not None:
+                    run.folder.wait()
                 status = "interrupted"
                 run.log(f"Interrupted in epoch {epoch + 1} after step {acc['steps']}; "
                     + (f"saved, resume with --resume {display_path(run.out)}" if run.out else "no out_dir, nothing saved"))
@@ -447,7 +485,7 @@ def _epochs(run: Run, start_epoch: int, start_step: int, partial: dict | None, p
                 test_logits = metrics["test"]["logits"]
                 epochs_bar.set_postfix(test_acc=f"{metrics['test']['acc']:.4f}")
             status = end_epoch(run, epoch, acc, metrics, time.perf_counter() - t, on_epoch) or status
-            if status == "early_stop":
+            if status in ("early_stop", "diverged"):
                 break
             if interrupt.requested:
                 status = "interrupted"
@@ -473,25 +511,6 @@ def _report(history: list[dict], per_class: dict[str, float], epochs: int) -> st
              "Per-class accuracy:"]
     lines += [f"Accuracy of {name}: {acc:.2f}" for name, acc in per_class.items()]
     return "\n".join(lines) + "\n"
-
-
-def _write_history(out: Path, history: list[dict]) -> None:
-    write_json(out / "history.json", history)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(history[-1]))
-    w.writeheader()
-    w.writerows(history)
-    atomic_write_text(out / "history.csv", buf.getvalue())
-
-
-def _save_curves(out: Path, history: list[dict]) -> None:
-    from .plots import training_curves
-    import matplotlib.pyplot as plt
-    fig = training_curves(history)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(out / "curves.png", buf.getvalue())
 
 
 # ---------------------------------------------------------------------------- command line
@@ -542,11 +561,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Preset: {name} (default, because {why}; choose with --preset)")
             cfg = get_preset(name, overrides)
             out = Path(args.out) if args.out else runs_dir() / name
-            if out.exists() and not out.is_dir():
-                p.error(f"--out {out} is a file, not a folder: choose a folder for the run")
-            if (out / "last.pt").exists():
-                p.error(f"{out} already holds a run: continue it with --resume {out}, "
-                        "or choose another --out")
+            try:
+                RunFolder(out).ensure_free()
+            except ValueError as e:
+                p.error(str(e))
         result = fit(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress)
     except (ValueError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

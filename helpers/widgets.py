@@ -14,6 +14,8 @@ with its widget state shows the last grid as a static snapshot (nbviewer).
 """
 from __future__ import annotations
 
+__all__ = ["AugmentExplorer", "show_grid", "soft_label_text", "STEPS", "AUGMENT_FIELDS", "MIX_FIELDS"]
+
 import base64
 import dataclasses
 import io
@@ -26,7 +28,7 @@ from matplotlib.figure import Figure
 
 from .augment import BatchAugment, denormalize
 from .plots import show_grid  # noqa: F401  (re-exported: notebooks import it from here too)
-from .config import DataConfig
+from .config import DataConfig, expect_section
 
 # Slider step per DataConfig field; the slider's range comes from the field's own
 # allowed range (config.py is its one home). Fields with no upper bound get _ALPHA_MAX.
@@ -72,6 +74,7 @@ class AugmentExplorer:
     def __init__(self, images_uint8: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
                  cfg: DataConfig, mean: Sequence[float], std: Sequence[float],
                  seed: int = 0, ncols: int = 8):
+        expect_section(cfg, DataConfig, "AugmentExplorer")
         if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
             raise ValueError(f"images_uint8 must be uint8 (B, 3, H, W), got "
                              f"{images_uint8.dtype} {tuple(images_uint8.shape)}")
@@ -180,6 +183,3 @@ class AugmentExplorer:
     def _ipython_display_(self):  # `explorer` as a cell's last line shows the widget
         from IPython.display import display
         display(self.widget)
-
-
-__all__ = ["AugmentExplorer", "show_grid", "soft_label_text", "STEPS", "AUGMENT_FIELDS", "MIX_FIELDS"]

@@ -74,7 +74,7 @@ def test_bad_input():
 
 def test_mcnemar_counts_only_the_disagreements():
     from helpers.analysis import mcnemar
-    # 249 images only B gets right, 159 only A, 600 both, 92 neither (issue 13's TTA example)
+    # 249 images only B gets right, 159 only A, 600 both, 92 neither (a TTA-or-not comparison)
     a = torch.tensor([False] * 249 + [True] * 159 + [True] * 600 + [False] * 92)
     b = torch.tensor([True] * 249 + [False] * 159 + [True] * 600 + [False] * 92)
     only_a, only_b, chi2, p = mcnemar(a, b)

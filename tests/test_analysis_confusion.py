@@ -74,6 +74,14 @@ def test_per_class_accuracy_agrees_with_engine():
     assert [r["accuracy"] for r in rows] == pytest.approx(per_class_accuracy(logits, LABELS, 3))
 
 
+def test_a_class_without_images_is_nan_in_both_per_class_accuracies():
+    from helpers.engine import per_class_accuracy
+    labels, preds = torch.tensor([0, 0, 2]), torch.tensor([0, 1, 2])  # no image of class b
+    ours = per_class_accuracy(torch.nn.functional.one_hot(preds, 3).float(), labels, 3)
+    rows = per_class_metrics(confusion_matrix(labels, preds, 3), ABC)
+    assert ours[0] == 0.5 and ours[2] == 1.0 and math.isnan(ours[1]) and math.isnan(rows[1]["accuracy"])
+
+
 def test_most_confused_pairs():
     cm = confusion_matrix(LABELS, PREDS, 3)
     # off-diagonal: c→b 2; a→b 1, a→c 1, b→a 1 (ties keep row-major order)
@@ -192,7 +200,8 @@ def test_load_run_model_and_predictions_from_a_run_folder(tmp_path):
 
 def test_find_checkpoint_prefers_best_then_last(tmp_path):
     _tiny_run(tmp_path, names=("last.pt",))
-    assert find_checkpoint(tmp_path) == tmp_path / "last.pt"  # no best.pt: fall back
+    with pytest.warns(UserWarning, match="no best.pt: using last.pt"):  # no best.pt: fall back, and say so
+        assert find_checkpoint(tmp_path) == tmp_path / "last.pt"
     _tiny_run(tmp_path, names=("best.pt",))
     assert find_checkpoint(tmp_path) == tmp_path / "best.pt"
     assert find_checkpoint(tmp_path, prefer="last.pt") == tmp_path / "last.pt"

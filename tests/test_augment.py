@@ -240,3 +240,19 @@ def test_epoch_resumed_mid_way_yields_the_rest_exactly_and_epochs_differ():
     assert all(torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in zip(full[3:], rest))
     other_epoch = _epoch(aug, x, y, None, chunk=128, epoch=3)
     assert not torch.equal(full[0][1], other_epoch[0][1])  # a new epoch draws new parameters
+
+
+def test_batch_augment_and_the_reference_loader_share_one_mixer():
+    from helpers import reference
+    from helpers.augment import batch_mixer
+    assert reference.batch_mixer is batch_mixer
+    cfg = _cfg(**NO_AUG)
+    x, y = normalize(_images(8), MEAN, STD), torch.arange(8)
+    got = BatchAugment(cfg, MEAN, STD).mix(x, y, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)  # the same draws mix() makes: a seed, then "mixed at all?"
+    seed = int(torch.randint(2**62, (1,), generator=g))
+    assert float(torch.rand(1, generator=g)) < cfg.mix_p
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        want = batch_mixer(cfg)(x, y)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -6,6 +6,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -13,6 +15,7 @@ SMALL = ["--preset", "smoke", "--set", "train.epochs=2", "--set", "data.batch_si
          "--set", "train.eval_every=0", "--set", "train.tta_flip=True", "--set", "train.tta_translate=1"]
 
 
+@pytest.mark.slow
 def test_ablation_writes_one_json_per_variant_and_a_table(fake_root, tmp_path, capsys):
     import ablate
     out = tmp_path / "ablation"

@@ -15,13 +15,15 @@ from torch._dynamo.backends.registry import lookup_backend
 import helpers.train as train_mod
 from helpers.checkpoint import load_checkpoint
 from helpers.config import Config, get_preset
+from helpers.data import load_cifar10
 from helpers.engine import PhaseTimer, compile_model, is_compiled, predict, resolve_compile
 from helpers.model import build_model
 from helpers.train import build_run, fit, warm_up
 
-# 500 training images: three full batches of 128 and a last one of 116; 300 test images.
-ODD = ["data.train_subset=500", "data.test_subset=300", "data.eval_batch_size=128", "train.tta_flip=True",
-       "train.epochs=3", "train.num_threads=1", "train.compile=default"]
+# 100 fake training images: three full batches of 32 and a last one of 4; 20 test images in batches of 8.
+ODD = ["data.train_subset=100", "data.test_subset=20", "data.batch_size=32", "data.eval_batch_size=8",
+       "train.tta_flip=True", "train.epochs=3", "train.num_threads=1", "train.compile=default",
+       "model.channels=[8,16]", "model.strides=[1,2]", "model.stem_channels=8"]
 QUIET = dict(progress=False, log=lambda s: None)
 
 
@@ -30,8 +32,11 @@ def _strip_time(history: list[dict]) -> list[dict]:
 
 
 @pytest.fixture
-def data(cifar):
-    return cifar
+def data(fake_root):
+    """A fake CIFAR-10 (random pixels): compilation is checked by behaviour, not accuracy."""
+    ds = load_cifar10(fake_root)
+    assert len(ds.train_x) >= 100 and len(ds.test_x) >= 20, "ODD's subsets need this many fake images"
+    return ds
 
 
 @pytest.fixture
@@ -64,6 +69,7 @@ def test_old_configs_with_a_boolean_compile_still_load():
         assert Config.from_dict(d).train.compile == new
 
 
+@pytest.mark.slow
 def test_nothing_recompiles_after_the_first_epoch(data, backend):
     # The last, smaller batch runs eagerly and evaluation is eager: one graph, compiled once.
     per_epoch = []
@@ -73,6 +79,7 @@ def test_nothing_recompiles_after_the_first_epoch(data, backend):
     assert r.meta["compile_s"] > 0
 
 
+@pytest.mark.slow
 def test_compiled_run_resumes_exactly_and_its_checkpoints_load_uncompiled(data, backend, tmp_path):
     straight = fit(get_preset("smoke", ODD), data, **QUIET)
     part = fit(get_preset("smoke", ODD + ["train.stop_after=1"]), data, out_dir=tmp_path, **QUIET)
@@ -81,7 +88,7 @@ def test_compiled_run_resumes_exactly_and_its_checkpoints_load_uncompiled(data, 
     assert _strip_time(rest.history) == _strip_time(straight.history)
     state = load_checkpoint(tmp_path)
     assert not any(k.startswith("_orig_mod.") for k in state["model"])
-    plain = build_model(get_preset("smoke").model)
+    plain = build_model(get_preset("smoke", ODD).model)
     plain.load_state_dict(state["model"])  # strict: same keys with or without compilation
     # and an uncompiled run may resume a compiled one (train.compile is resume-safe)
     off = get_preset("smoke", ODD + ["train.compile=off", "train.epochs=3"])
@@ -99,8 +106,8 @@ def test_warm_up_changes_nothing(data, backend):
     assert all(p.grad is None for p in run.model.parameters())
 
 
-def test_predict_pads_the_last_batch_of_a_compiled_model(data):
-    model = build_model(get_preset("smoke").model).eval()
+def test_predict_pads_the_last_batch_of_a_compiled_model():
+    model = build_model(get_preset("smoke", ODD).model).eval()
     seen = []
 
     def shapes(gm, example_inputs):
@@ -108,7 +115,7 @@ def test_predict_pads_the_last_batch_of_a_compiled_model(data):
         return gm.forward
 
     net = compile_model(model, "default", torch.device("cpu"), backend=shapes)
-    x = data.test_x[:300]
+    x = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
     got = predict(net, x, mean, std, batch_size=128, tta_flip=True)
     want = predict(model, x, mean, std, batch_size=128, tta_flip=True)

@@ -1,16 +1,22 @@
 """helpers.data: the reader on real and broken data, DeviceBatches, channel_stats, subsets."""
 import hashlib
 import pickle
+import socket
+import subprocess
+import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import DATA_ROOT, fake_batch, image_index
+import helpers
+import helpers.data as data_mod
+from conftest import DATA_ROOT, REPO, fake_batch, image_index
 from helpers.config import CLASSES, DataConfig
-from helpers.data import (FOLDER, DataError, DeviceBatches, channel_stats, load_cifar10,
-                          subset)
+from helpers.data import (FOLDER, DataError, DeviceBatches, channel_stats, fingerprint, load_cifar10,
+                          main, official_files, subset)
 
 # ---------------------------------------------------------------------------- the real data
 
@@ -144,6 +150,167 @@ def test_broken_file_names_the_file_and_changes_nothing(fake_root, how, words, n
         load_cifar10(fake_root, download=True)
     assert _snapshot(fake_root) == before
     assert "must never run" not in capsys.readouterr().out
+
+
+def _write(path, batch):
+    path.write_bytes(pickle.dumps(batch, protocol=4))
+
+
+def _with_labels(labels):
+    d = fake_batch(20)
+    d[b"labels"] = labels
+    return d
+
+
+@pytest.mark.parametrize("labels", [
+    [0.0, 1.5] + [0.0] * 18,                       # floats: a cast would silently make 1.5 a 1
+    [float(i % 10) for i in range(20)],            # whole-number floats are still not labels
+    [b"cat"] * 20,                                 # strings
+    [True] * 20,                                   # bool is not an integer label
+    [[i % 10] for i in range(20)],                 # shaped (N, 1)
+    np.zeros((20, 1), dtype=np.int64),
+])
+def test_labels_must_be_a_flat_list_of_integers(fake_root, labels):
+    path = fake_root / FOLDER / "data_batch_2"
+    _write(path, _with_labels(labels))
+    with pytest.raises(DataError, match="not a flat list of integers") as e:
+        load_cifar10(fake_root)
+    assert str(path.resolve()) in str(e.value) and "\n" not in str(e.value)
+    assert _no_chained_traceback(e.value)
+
+
+def test_integer_label_arrays_are_accepted(fake_root):
+    _write(fake_root / FOLDER / "data_batch_1", _with_labels(np.arange(20, dtype=np.uint8) % 10))
+    assert load_cifar10(fake_root).train_y[:20].tolist() == [i % 10 for i in range(20)]
+
+
+@pytest.mark.parametrize("meta", [True, False])
+@pytest.mark.parametrize("name", ["data_batch_5", "test_batch"])
+def test_wrong_image_count_is_refused(fake_root, name, meta):
+    folder = fake_root / FOLDER
+    _write(folder / name, fake_batch(10, start=80))  # 90 training images in all, or 10 test
+    if not meta:  # a hand-made layout: the six files must still agree
+        (folder / "batches.meta").unlink()
+    words = "num_cases_per_batch" if meta else "the other batch files"
+    with pytest.raises(DataError, match=f"holds 10 images, not 20 \\(.*{words}") as e:
+        load_cifar10(fake_root)
+    assert str((folder / name).resolve()) in str(e.value)
+
+
+def test_count_comes_from_batches_meta(fake_root):
+    folder = fake_root / FOLDER
+    _write(folder / "batches.meta", {b"num_cases_per_batch": 10, b"label_names": [b"x"] * 10})
+    with pytest.raises(DataError, match="holds 20 images, not 10") as e:
+        load_cifar10(fake_root)
+    assert "data_batch_1" in str(e.value)
+    _write(folder / "batches.meta", {b"label_names": [b"x"] * 10})  # no key: equal counts suffice
+    assert len(load_cifar10(fake_root).train_y) == 100
+
+
+def test_batches_meta_corrupt_is_a_data_error(fake_root):
+    path = fake_root / FOLDER / "batches.meta"
+    path.write_bytes(b"garbage")
+    with pytest.raises(DataError, match="batches.meta is corrupt") as e:
+        load_cifar10(fake_root)
+    assert str(path.resolve()) in str(e.value) and _no_chained_traceback(e.value)
+
+
+def test_training_file_equal_to_test_file_is_refused(fake_root):
+    folder = fake_root / FOLDER
+    (folder / "data_batch_1").write_bytes((folder / "test_batch").read_bytes())
+    with pytest.raises(DataError, match="train and test would overlap") as e:
+        load_cifar10(fake_root)
+    assert str((folder / "data_batch_1").resolve()) in str(e.value)
+
+
+def test_official_files_checks_torchvisions_md5s(fake_root, monkeypatch, capsys):
+    from torchvision.datasets import CIFAR10 as Official
+    assert not official_files(fake_root)  # like the offline copy: accepted, not official
+    assert main(["--root", str(fake_root)]) == 0
+    assert "not the official files" in capsys.readouterr().out
+    folder = fake_root / FOLDER
+    md5s = [[p.name, hashlib.md5(p.read_bytes()).hexdigest()] for p in sorted(folder.glob("*_batch*"))]
+    monkeypatch.setattr(Official, "train_list", md5s[:5])
+    monkeypatch.setattr(Official, "test_list", md5s[5:])
+    assert [n for n, _ in md5s] == [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    assert official_files(fake_root)
+    assert main(["--root", str(fake_root)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "official files"
+    (folder / "test_batch").unlink()
+    assert not official_files(fake_root)
+
+
+def test_download_gives_up_on_a_server_that_never_answers(tmp_path, monkeypatch):
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.1)
+    stop, conns = threading.Event(), []
+
+    def accept_and_say_nothing():
+        deadline = time.monotonic() + 10  # then hang up, so a download without a timeout fails, not hangs
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                conns.append(srv.accept()[0])
+            except TimeoutError:
+                pass
+        for c in conns:
+            c.close()
+
+    server = threading.Thread(target=accept_and_say_nothing, daemon=True)
+    server.start()
+    monkeypatch.setenv("no_proxy", "*")
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}/cifar-10-python.tar.gz"
+    monkeypatch.setattr(data_mod, "URL", url)
+    monkeypatch.setattr(data_mod, "DOWNLOAD_TIMEOUT", 1.0)
+    before = socket.getdefaulttimeout()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(DataError, match="server at 127.0.0.1:[0-9]+ did not answer within 1 s") as e:
+            load_cifar10(tmp_path, download=True)
+    finally:
+        stop.set()
+        server.join()
+        srv.close()
+    assert time.perf_counter() - t0 < 8 and conns  # it connected, waited ~1 s, gave up
+    assert socket.getdefaulttimeout() == before   # the process-wide default is restored
+    assert "download=True" in str(e.value) and _no_chained_traceback(e.value)
+
+
+def test_fingerprint_tells_data_apart(fake_root):
+    a, b = load_cifar10(fake_root), load_cifar10(fake_root)
+    fp = fingerprint(a)
+    assert fp == fingerprint(b) and len(fp) == 16 and int(fp, 16) >= 0
+    x = b.train_x.clone()
+    x[7, 2, 31, 31] ^= 1
+    assert fingerprint(b._replace(train_x=x)) != fp
+    ty = b.test_y.clone()
+    ty[3] = (ty[3] + 1) % 10
+    assert fingerprint(b._replace(test_y=ty)) != fp
+    swapped = b._replace(train_x=b.train_x[:80], train_y=b.train_y[:80],
+                         test_x=torch.cat([b.train_x[80:], b.test_x]),
+                         test_y=torch.cat([b.train_y[80:], b.test_y]))
+    assert fingerprint(swapped) != fp  # the same bytes, split elsewhere
+
+
+# ---------------------------------------------------------------------------- the package
+
+
+@pytest.mark.slow  # a fresh interpreter each
+@pytest.mark.parametrize("module", ["helpers.data", "helpers.train"])
+def test_command_lines_run_without_runpy_warning(module):
+    r = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", module, "--help"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "RuntimeWarning" not in r.stderr, r.stderr
+
+
+def test_every_public_name_resolves_and_loads_lazily():
+    for name in helpers.__all__:
+        assert getattr(helpers, name) is not None, name
+    assert set(helpers.__all__) <= set(dir(helpers))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        helpers.nope  # noqa: B018
+    code = "import sys, helpers; print(sorted(m for m in sys.modules if m.startswith('helpers.')))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr  # `import helpers` loads no submodule
 
 
 # ---------------------------------------------------------------------------- DeviceBatches

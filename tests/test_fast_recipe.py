@@ -1,4 +1,4 @@
-"""The short-schedule techniques (issue 12): translation, max-pool downsampling, max pooling
+"""The short-schedule techniques: translation, max-pool downsampling, max pooling
 in the head, a whitened stem, EMA of the weights and translate TTA. Each is off by default."""
 from __future__ import annotations
 
@@ -155,6 +155,7 @@ def _quiet(cfg, data, **kw):
     return fit(cfg, data, progress=False, log=lambda s: None, **kw)
 
 
+@pytest.mark.slow
 def test_every_technique_at_once_trains_saves_and_resumes_exactly(fake_root, tmp_path):
     data = load_cifar10(fake_root)
     cfg = get_preset("smoke", ALL)

@@ -3,6 +3,10 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_TO_PIP = {"pytorch": "torch"}  # conda-forge's name for the same package
 
@@ -35,7 +39,33 @@ def test_environment_yml_matches_pyproject():
     assert _environment() == _pyproject()
 
 
-def test_torch_range_admits_both_machines():
-    spec = _pyproject()["torch"]
-    assert spec == ">=2.11,<2.15", "torch must admit 2.11 (GPU box) to 2.14.1 (CPU machines)"
-    assert _pyproject()["torchvision"] == ">=0.26,<0.30"
+@pytest.mark.parametrize("package, admitted, refused", [
+    ("torch", ["2.11.0", "2.14.1"], ["2.15.0"]),          # the GPU box runs 2.11, the CPU machines 2.14.1
+    ("torchvision", ["0.26.0", "0.29.1"], ["0.30.0"]),
+])
+def test_version_ranges_admit_both_machines(package, admitted, refused):
+    for source in (_pyproject(), _environment()):
+        spec = SpecifierSet(source[package])
+        assert all(v in spec for v in admitted), (package, str(spec))
+        assert not any(v in spec for v in refused), (package, str(spec))
+
+
+def test_installed_torch_is_admitted():
+    import torch
+    installed = Version(torch.__version__).base_version  # "2.14.1+cpu" → "2.14.1"
+    assert installed in SpecifierSet(_pyproject()["torch"])
+
+
+@pytest.mark.parametrize("name", ["analysis", "augment", "engine", "losses", "model", "optim", "plots",
+                                  "reference", "widgets"])
+def test_module_lists_its_public_api_at_the_top(name):
+    import importlib
+    import inspect
+    module = importlib.import_module(f"helpers.{name}")
+    source = (ROOT / "helpers" / f"{name}.py").read_text()
+    assert source.count("__all__") == 1 and source.index("__all__") < source.index("\nimport "), \
+        "one __all__, before the imports"
+    assert all(hasattr(module, n) for n in module.__all__), "__all__ names something the module lacks"
+    own = {n for n, obj in vars(module).items() if not n.startswith("_")
+           and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module.__name__}
+    assert own <= set(module.__all__), f"public but not in __all__: {sorted(own - set(module.__all__))}"

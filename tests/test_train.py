@@ -1,4 +1,4 @@
-"""fit, checkpoints, resume and the command line, on a tiny slice of the smoke preset."""
+"""fit, checkpoints, resume and the command line: the smoke preset on a tiny fake CIFAR-10 (no data/ needed)."""
 from __future__ import annotations
 
 import json
@@ -17,21 +17,22 @@ from helpers.config import get_preset
 from helpers.data import CIFAR10, load_cifar10
 from helpers.train import fit, main
 
-# Smaller than smoke so the several runs below take seconds: 4 steps an epoch.
-TINY = ["data.train_subset=512", "data.test_subset=256", "train.epochs=3", "train.num_threads=1"]
+# Smaller than smoke so the several runs below take seconds: 100 fake images, 4 steps an epoch.
+TINY = ["data.train_subset=100", "data.test_subset=20", "data.batch_size=25", "train.epochs=3",
+        "train.num_threads=1", "model.channels=[8,16]", "model.strides=[1,2]", "model.stem_channels=8"]
 
 
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    root = Path(__file__).resolve().parents[1] / "data"
-    if not (root / "cifar-10-batches-py").is_dir():
-        pytest.skip("CIFAR-10 is not in data/: run `make data` first")
-    return root
+@pytest.fixture
+def data_dir(fake_root) -> Path:
+    """A fake CIFAR-10 (random pixels): these tests check behaviour, never accuracy."""
+    return fake_root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def data(data_dir) -> CIFAR10:
-    return load_cifar10(data_dir)
+    ds = load_cifar10(data_dir)
+    assert len(ds.train_x) >= 100 and len(ds.test_x) >= 20, "TINY's subsets need this many fake images"
+    return ds
 
 
 def _cfg(*extra: str):
@@ -65,6 +66,7 @@ def test_same_seed_same_numbers_on_cpu(data):
     assert _strip_time(a.history) == _strip_time(b.history)
 
 
+@pytest.mark.slow
 def test_resume_after_stop_after_equals_uninterrupted(data, tmp_path):
     full = fit(_cfg(), data, progress=False, log=lambda s: None)
     part = fit(_cfg("train.stop_after=1"), data, out_dir=tmp_path, progress=False, log=lambda s: None)
@@ -73,9 +75,11 @@ def test_resume_after_stop_after_equals_uninterrupted(data, tmp_path):
     rest = fit(_cfg(), data, out_dir=tmp_path, resume=tmp_path, progress=False, log=lambda s: None)
     assert rest.status == "completed"
     assert _strip_time(rest.history) == _strip_time(full.history)
-    # run.json keeps the first call's provenance and records the resume after it
+    # run.json keeps the first call's provenance, records the resume after it, and how the run ended
     run = json.loads((tmp_path / "run.json").read_text())
-    assert {k: v for k, v in run.items() if k != "resumes"} == first
+    assert first["status"] == "stop_after" and (run["status"], run["epochs_done"]) == ("completed", 3)
+    ended = ("resumes", "status", "epochs_done")
+    assert {k: v for k, v in run.items() if k not in ended} == {k: v for k, v in first.items() if k not in ended}
     assert [r["epoch"] for r in run["resumes"]] == [1] and "git_commit" in run["resumes"][0]
     fit(_cfg(), data, out_dir=tmp_path, resume=tmp_path, progress=False, log=lambda s: None)  # reload only
     assert json.loads((tmp_path / "run.json").read_text()) == run
@@ -121,8 +125,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypat
 
 def test_resume_with_incompatible_config_names_the_mismatch(data, tmp_path):
     fit(_cfg("train.stop_after=1"), data, out_dir=tmp_path, progress=False, log=lambda s: None)
-    with pytest.raises(CheckpointError, match=r"model.channels: checkpoint \[16, 32, 64\], config \[8, 16, 32\]"):
-        fit(_cfg("model.channels=[8, 16, 32]"), data, resume=tmp_path, progress=False, log=lambda s: None)
+    with pytest.raises(CheckpointError, match=r"model.channels: checkpoint \[8, 16\], config \[4, 8\]"):
+        fit(_cfg("model.channels=[4, 8]"), data, resume=tmp_path, progress=False, log=lambda s: None)
 
 
 def test_a_field_newer_than_the_checkpoint_is_compared_through_its_default():
@@ -226,6 +230,7 @@ def test_fit_never_overwrites_a_run(data, tmp_path):
     assert (tmp_path / "last.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs_cleanly():
     # `make train` is `python -m helpers.train`: no runpy "found in sys.modules" warning, no traceback.
     root = Path(__file__).resolve().parents[1]
