@@ -4,6 +4,8 @@
 #   make test-fast  the quick loop: tests/ without `slow` and `real_data` tests, no data needed (< 1 min)
 #   make train  the full recipe from the command line: make train ARGS="--preset seed"
 #   make clean-runs delete every run folder under runs/ (asks first)
+#   make exercises  your copies of the notebooks' exercises in exercises/ (solutions stripped; never overwritten once edited)
+#   make check  grade your exercises (ARGS="focal_loss" for one)
 #   make gpu-check  what training costs on this machine's GPU (ARGS="--full" adds the whole seed preset)
 PYTHON  ?= python3
 VENV    := .venv
@@ -14,7 +16,7 @@ DATA    := data/cifar-10-batches-py
 OFFLINE := ../shared/data/cifar10/make_batches.py
 ARGS    ?=
 
-.PHONY: lab test test-fast train gpu-check data venv clean-venv clean-runs
+.PHONY: lab test test-fast train gpu-check data venv clean-venv clean-runs exercises check
 
 venv: $(STAMP)
 
@@ -43,6 +45,12 @@ test: $(STAMP) $(DATA)
 # While editing: seconds, on a fake CIFAR-10; `make test` runs everything, slow and real-data tests too.
 test-fast: $(STAMP)
 	HELPERS_PRESET=smoke $(BIN)/python -m pytest -m "not slow and not real_data" tests
+
+exercises: $(STAMP)
+	$(BIN)/python -m helpers.exercises build
+
+check: $(STAMP)
+	$(BIN)/python -m helpers.exercises check $(ARGS)
 
 train: $(STAMP) $(DATA)
 	$(BIN)/python -m helpers.train $(ARGS)

@@ -39,6 +39,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "two_blocks_per_stage": ("+ a second block (stride 1) in each stage",
                              ["model.channels=[64,64,128,128,256,256]", "model.strides=[1,1,2,1,2,1]"]),
     "avg_head": ("global average pooling in the head instead of max", ["model.head_pool=avg"]),
+    "one_kernel": ("K = 1: one convolution per block, so no mixing (Table 1: K = 4)", ["model.num_k=1"]),
 }
 
 

@@ -9,7 +9,8 @@ CutMix/MixUp), ``reference`` (the seed's DataLoader pipeline), ``model``
 (stem, mixing blocks, classifier), ``losses`` (focal loss), ``optim`` (SGD,
 OneCycle, LR range test), ``engine`` (device, one step, prediction), ``train``
 (``fit``, the command line), ``checkpoint`` (run folders), ``analysis``,
-``plots`` and ``widgets``.
+``plots``, ``widgets``, and ``exercises`` with ``exercise_checks`` (the
+students' exercises: building them, grading them).
 """
 __all__ = [
     "Predictions", "confusion_matrix", "expected_calibration_error", "load_run_model",

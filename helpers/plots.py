@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def _to_hwc(img: torch.Tensor) -> "np.ndarray":
@@ -41,10 +42,13 @@ def show_grid(images: torch.Tensor | Sequence[torch.Tensor], titles: Sequence[st
     has_titles = titles is not None and any(titles)
     lines = max((str(t).count("\n") + 1 for t in titles), default=1) if has_titles else 0
     if fig is None:
-        fig = plt.figure(figsize=(size * ncols, (size + 0.16 * lines) * nrows))
+        fig = plt.figure(figsize=(size * ncols, (size + 0.22 * lines) * nrows))  # room for each title line
         plt.close(fig)  # the caller displays the returned figure; pyplot must not show it again
     else:
         fig.clear()
+    # Constrained layout makes room for each title between the rows (tight_layout let them overlap
+    # the images above: it does not see how imshow's fixed aspect shrinks the axes).
+    fig.set_layout_engine("constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
@@ -54,7 +58,6 @@ def show_grid(images: torch.Tensor | Sequence[torch.Tensor], titles: Sequence[st
                 ax.set_title(str(titles[i]), fontsize=fontsize)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     return fig
 
 
@@ -74,7 +77,7 @@ def reliability_diagram(bins: dict, ax: Axes | None = None, title: str | None = 
         bins: the dict returned by ``helpers.analysis.expected_calibration_error``.
         title: axes title; ``ece`` (if given) is appended to it.
     """
-    fig, ax = _fig_ax(ax, (4.2, 4.2))
+    fig, ax = _fig_ax(ax, (4.6, 5.0))
     edges = bins["edges"]
     left = edges[:-1]
     width = [b - a for a, b in zip(edges[:-1], edges[1:])]
@@ -94,7 +97,8 @@ def reliability_diagram(bins: dict, ax: Axes | None = None, title: str | None = 
         label = f"{label} (ECE {ece:.3f})" if label else f"ECE {ece:.3f}"
     if label:
         ax.set_title(label)
-    ax.legend(loc="upper left", fontsize="small")
+    # Below the axes: bars can fill any corner (an underconfident model's reach the top left).
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize="small")
     return fig
 
 
@@ -128,13 +132,13 @@ def plot_schedule(lrs: Sequence[float], momenta: Sequence[float] | None = None,
     ax.plot(x, lrs, color="tab:blue", label="learning rate")
     ax.set(xlabel="epoch" if steps_per_epoch else "step", ylabel="learning rate")
     peak = max(range(len(lrs)), key=lrs.__getitem__)
-    for i, text, va in ((0, f"start {lrs[0]:.3g}\n= max_lr / div_factor", "bottom"),
-                        (peak, f"peak {lrs[peak]:.3g} = max_lr\nat {peak / len(lrs):.0%} of steps", "bottom"),
-                        (len(lrs) - 1, f"end {lrs[-1]:.2g}\n= start / final_div_factor", "bottom")):
-        ax.plot(x[i], lrs[i], "o", color="tab:blue")
-        ax.annotate(text, (x[i], lrs[i]), textcoords="offset points", xytext=(6, 6), va=va,
-                    ha="right" if i == len(lrs) - 1 else "left", fontsize="small")
     ax.set_ylim(0, max(lrs) * 1.3)
+    marks = ((0, f"start {lrs[0]:.3g}\n= max_lr / div_factor"),
+             (peak, f"peak {lrs[peak]:.3g} = max_lr\nat {peak / len(lrs):.0%} of steps"),
+             (len(lrs) - 1, f"end {lrs[-1]:.2g}\n= start / final_div_factor"))
+    for i, _ in marks:
+        ax.plot(x[i], lrs[i], "o", color="tab:blue")
+    ax2 = None
     if momenta is not None:
         ax2 = ax.twinx()
         ax2.plot(x, momenta, color="tab:orange", label="momentum")
@@ -142,6 +146,11 @@ def plot_schedule(lrs: Sequence[float], momenta: Sequence[float] | None = None,
         lo, hi = min(momenta), max(momenta)
         ax2.set_ylim(lo - (hi - lo) * 0.2 - 1e-3, hi + (hi - lo) * 0.6 + 1e-3)
         ax.legend(handles=ax.get_lines()[:1] + ax2.get_lines(), loc="upper right", fontsize="small")
+    top = ax2 if ax2 is not None else ax  # the twin axes draws over ax: labels go on it, in ax's data units
+    for i, text in marks:
+        top.annotate(text, (x[i], lrs[i]), xycoords=ax.transData, textcoords="offset points", xytext=(6, 8),
+                     va="bottom", ha="right" if i == len(lrs) - 1 else "left", fontsize="small", zorder=5,
+                     bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.9))
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -217,6 +226,7 @@ def training_curves(history: Sequence[Mapping[str, float]], title: str | None = 
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("epoch")
+    axes[1][0].xaxis.set_major_locator(MaxNLocator(integer=True))  # shared by all four panels
     if title:
         fig.suptitle(title)
     return fig
@@ -241,6 +251,10 @@ def confusion_heatmap(cm: torch.Tensor, classes: Sequence[str], normalize: bool 
                 xticklabels=list(classes), yticklabels=list(classes), square=True,
                 vmin=0, vmax=1 if normalize else None, annot_kws={"fontsize": "small"},
                 cbar_kws={"label": "fraction of the true class" if normalize else "images"})
+    if not normalize:  # counts: whole numbers on the colour bar
+        cbar = ax.collections[0].colorbar
+        cbar.locator = MaxNLocator(integer=True)
+        cbar.update_ticks()
     ax.set(xlabel="predicted class", ylabel="true class")
     ax.tick_params(axis="y", rotation=0)
     ax.set_title(title or ("confusion matrix, row-normalised" if normalize else "confusion matrix (counts)"))

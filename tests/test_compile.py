@@ -96,6 +96,7 @@ def test_compiled_run_resumes_exactly_and_its_checkpoints_load_uncompiled(data, 
     assert again.status == "completed"
 
 
+@pytest.mark.slow
 def test_warm_up_changes_nothing(data, backend):
     run = build_run(get_preset("smoke", ODD), data, log=lambda s: None)
     weights = {k: v.clone() for k, v in run.model.state_dict().items()}

@@ -4,7 +4,9 @@
 * the last markdown cell is "Checks for understanding";
 * code cells import only from ``helpers``, the standard library and the course's public libraries;
 * no notebook defines (at the top level of a cell) a function or class that ``helpers`` provides:
-  notebooks import the tested version, never paste it.
+  notebooks import the tested version, never paste it. Exempt: cells tagged ``exercise``, where the
+  student writes a piece of the course (``helpers.exercises``);
+* every notebook opens with the same hosted-service set-up cell, and that cell finds the course.
 """
 from __future__ import annotations
 
@@ -34,8 +36,12 @@ def _parse(source: str) -> ast.Module:
     return ast.parse("\n".join(lines))
 
 
-def _code(path: Path) -> list[tuple[int, ast.Module]]:
-    return [(i, _parse(c.source)) for i, c in enumerate(_cells(path, "code"), start=1)]
+EXEMPT_TAG = "exercise"  # the student's own version of a helpers piece: redefining is the point
+
+
+def _code(path: Path, skip_tag: str | None = None) -> list[tuple[int, ast.Module]]:
+    return [(i, _parse(c.source)) for i, c in enumerate(_cells(path, "code"), start=1)
+            if skip_tag is None or skip_tag not in c.metadata.get("tags", [])]
 
 
 def _defined(tree: ast.Module) -> list[str]:
@@ -95,7 +101,8 @@ def test_imports_only_helpers_and_public_libraries(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
 def test_does_not_redefine_helpers(path):
     provided = _helpers_names()
-    again = [f"code cell {i}: {name}" for i, tree in _code(path) for name in _defined(tree) if name in provided]
+    again = [f"code cell {i}: {name}" for i, tree in _code(path, skip_tag=EXEMPT_TAG)
+             for name in _defined(tree) if name in provided]
     assert not again, (f"{path.name} defines what helpers provides (import it instead): " + "; ".join(again))
 
 
@@ -119,3 +126,37 @@ def test_kernel_is_the_one_lab_starts(path):
     # as changed the moment it opens.
     spec = nbformat.read(path, as_version=4).metadata.get("kernelspec", {})
     assert (spec.get("name"), spec.get("display_name")) == ("python3", "Python 3 (ipykernel)")
+
+
+def test_exercise_cells_and_only_they_are_exempt(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("def confusion_matrix(a, b):\n    pass\n"),
+                nbformat.v4.new_code_cell("def ece(p, y):\n    pass\n", metadata={"tags": [EXEMPT_TAG]})]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    assert [n for _, tree in _code(path) for n in _defined(tree)] == ["confusion_matrix", "ece"]
+    assert [n for _, tree in _code(path, skip_tag=EXEMPT_TAG) for n in _defined(tree)] == ["confusion_matrix"]
+
+
+def _setup_cell(path: Path) -> str:
+    return _cells(path, "code")[0].source
+
+
+def test_every_notebook_opens_with_the_same_hosted_setup_cell():
+    first = {path.name: _setup_cell(path) for path in NOTEBOOKS}
+    assert "find_spec(\"helpers\")" in first[NOTEBOOKS[0].name]
+    assert len(set(first.values())) == 1, "the hosted set-up cells differ: " + ", ".join(first)
+
+
+def test_the_hosted_setup_cell_finds_the_course_from_the_notebooks_folder(tmp_path):
+    # As on a hosted service: helpers is not installed (python -S: no site-packages), the kernel
+    # runs in notebooks/. The cell must find the course folder above it and make helpers importable.
+    import subprocess
+    code = _setup_cell(NOTEBOOKS[0]) + "\nimport importlib.util\nprint(importlib.util.find_spec('helpers').origin)\n"
+    r = subprocess.run([sys.executable, "-S", "-c", code], cwd=REPO / "notebooks", capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"Course found in {REPO}" in r.stdout and str(REPO / "helpers" / "__init__.py") in r.stdout
+    r = subprocess.run([sys.executable, "-S", "-c", _setup_cell(NOTEBOOKS[0])], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "upload or clone the whole folder" in r.stderr and "Traceback" not in r.stderr

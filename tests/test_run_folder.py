@@ -308,6 +308,7 @@ def test_a_failed_start_leaves_no_empty_folder(data, tmp_path):
 
 # ---------------------------------------------------------------------------- finished runs and the reference run
 
+@pytest.mark.slow
 def test_status_says_whether_a_run_is_finished(data, tmp_path):
     run = RunFolder(tmp_path / "run")
     assert run.status() == "empty" and not run.finished()
@@ -317,6 +318,7 @@ def test_status_says_whether_a_run_is_finished(data, tmp_path):
     assert run.status() == "completed" and run.finished()
 
 
+@pytest.mark.slow
 def test_find_run_never_offers_an_unfinished_run(data, tmp_path, monkeypatch):
     from helpers.checkpoint import find_run
     monkeypatch.setattr(ckpt_mod, "reference_dir", lambda: tmp_path / "reference")
