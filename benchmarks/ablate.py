@@ -14,17 +14,14 @@ difference to ``full``.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers.config import get_preset  # noqa: E402
-from helpers.data import load_cifar10  # noqa: E402
 from helpers.engine import amp_dtype, pick_device, predict  # noqa: E402
-from train import run_preset, summary, to_json  # noqa: E402
+from train import run_preset, run_variants, summary, to_json, variant_parser  # noqa: E402
 
 # Each variant changes one thing: a technique of the laptop preset back to Table 1 (or off), or
 # ("+") a technique the preset does not use, added.
@@ -76,40 +73,23 @@ def table(results: dict[str, dict], tta: dict[str, float] | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="laptop")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="applied to every variant (before the variant's own)")
-    p.add_argument("--only", help="comma-separated variants (default: all): " + ", ".join(VARIANTS))
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--out-dir", default="benchmarks/results/ablation_laptop")
+    p = variant_parser(__doc__, VARIANTS, "benchmarks/results/ablation_laptop",
+                       "applied to every variant (before the variant's own)")
     p.add_argument("--full-run", help="keep the full variant's run folder here (e.g. runs/laptop, which "
                                       "notebooks 05 and 06 read)")
     args = p.parse_args(argv)
-    names = args.only.split(",") if args.only else list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_cifar10(args.data_dir)
-    results, tta = {}, None
-    for name in names:
-        path = out / f"{name}.json"
-        if path.exists():
-            results[name] = json.loads(path.read_text())
-            print(f"{name}: kept {path} ({results[name]['final_acc']:.4f})")
-            continue
-        print(f"== {name}: {VARIANTS[name][0]}", flush=True)
+
+    def run_one(name: str, data) -> dict:
         r = run_preset(args.preset, args.overrides + VARIANTS[name][1], data,
                        out=args.full_run if name == "full" else None)
         if name == "full":
             r["tta"] = tta_rows(r, args.preset, args.overrides, data)
         print(summary(r), flush=True)
-        results[name] = to_json(r)
-        path.write_text(json.dumps(results[name], indent=2))
+        return to_json(r)
+
+    results = run_variants(p, args, VARIANTS, run_one)
     tta = results.get("full", {}).get("tta")
-    (out / "ablation.md").write_text(table(results, tta))
+    (Path(args.out_dir) / "ablation.md").write_text(table(results, tta))
     print("\n" + table(results, tta))
     return 0
 

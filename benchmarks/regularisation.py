@@ -23,18 +23,17 @@ whose JSON exists is not run again. ``<out-dir>/table.md`` gets the summary tabl
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers.checkpoint import provenance  # noqa: E402
 from helpers.config import get_preset  # noqa: E402
-from helpers.data import load_cifar10  # noqa: E402
 from helpers.engine import amp_dtype  # noqa: E402
 from helpers.train import build_run, end_epoch, evaluate_run, train_epoch  # noqa: E402
+from train import run_variants, variant_parser  # noqa: E402
 
 # Every variant: 5,000 training images, many epochs, a test every epoch, no TTA (see the docstring).
 BASE = ["data.train_subset=5000", "train.epochs=18", "train.eval_every=1", "train.tta_flip=False",
@@ -117,33 +116,17 @@ def table(results: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="laptop")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="applied to every variant (after the 5k-subset settings, before the variant's own)")
-    p.add_argument("--only", help="comma-separated variants (default: all): " + ", ".join(VARIANTS))
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--out-dir", default="benchmarks/results/regularisation_5k")
+    p = variant_parser(__doc__, VARIANTS, "benchmarks/results/regularisation_5k",
+                       "applied to every variant (after the 5k-subset settings, before the variant's own)")
     args = p.parse_args(argv)
-    names = args.only.split(",") if args.only else list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_cifar10(args.data_dir)
-    results = {}
-    for name in names:
-        path = out / f"{name}.json"
-        if path.exists():
-            results[name] = json.loads(path.read_text())
-            print(f"{name}: kept {path} ({results[name]['final_acc']:.4f})")
-            continue
-        print(f"== {name}: {VARIANTS[name][0]}", flush=True)
-        results[name] = train_variant(args.preset, BASE + args.overrides + VARIANTS[name][1], data)
-        print(f"{name}: {results[name]['total_s']:.0f} s", flush=True)
-        path.write_text(json.dumps(results[name], indent=2) + "\n")
-    (out / "table.md").write_text(table(results))
+
+    def run_one(name: str, data) -> dict:
+        r = train_variant(args.preset, BASE + args.overrides + VARIANTS[name][1], data)
+        print(f"{name}: {r['total_s']:.0f} s", flush=True)
+        return r
+
+    results = run_variants(p, args, VARIANTS, run_one)
+    (Path(args.out_dir) / "table.md").write_text(table(results))
     print("\n" + table(results))
     return 0
 

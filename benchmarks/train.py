@@ -26,6 +26,41 @@ from helpers.train import fit  # noqa: E402
 MARKS = (0.80, 0.85, 0.90, 0.92)
 
 
+def variant_parser(doc: str, variants: dict, out_dir: str, set_help: str) -> argparse.ArgumentParser:
+    """The command line of a sweep over ``variants`` (ablate.py, regularisation.py)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="laptop")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--only", help="comma-separated variants (default: all): " + ", ".join(variants))
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--out-dir", default=out_dir)
+    return p
+
+
+def run_variants(p: argparse.ArgumentParser, args: argparse.Namespace, variants: dict,
+                 run_one) -> dict[str, dict]:
+    """Each selected variant's result, from ``<out-dir>/<variant>.json`` when it exists (so an
+    interrupted sweep continues), else from ``run_one(name, data)``, then written there."""
+    names = args.only.split(",") if args.only else list(variants)
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(variants)}")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_cifar10(args.data_dir)
+    results = {}
+    for name in names:
+        path = out / f"{name}.json"
+        if path.exists():
+            results[name] = json.loads(path.read_text())
+            print(f"{name}: kept {path} ({results[name]['final_acc']:.4f})")
+            continue
+        print(f"== {name}: {variants[name][0]}", flush=True)
+        results[name] = run_one(name, data)
+        path.write_text(json.dumps(results[name], indent=2) + "\n")
+    return results
+
+
 def run_preset(preset: str, overrides: list[str], data, out: str | None = None, echo: bool = True) -> dict:
     """Train ``preset`` with ``overrides`` through ``fit``; returns its per-epoch rows, marks and provenance."""
     cfg = get_preset(preset, overrides)
