@@ -440,6 +440,7 @@ class RunFolder:
     def repair(self, state: dict) -> list[str]:
         """Bring the derived files in line with ``state`` (this folder's ``last.pt``) after a crash
         between writes or a failed write; returns what was fixed, in words."""
+        self.saved = {"epoch": state["epoch"], "step": state["step"]}  # what last.pt holds
         fixed = []
         on_disk = _read_json(self.path / self.HISTORY)
         if [h.get("epoch") for h in on_disk or []] != [h["epoch"] for h in state["history"]]:
@@ -502,11 +503,11 @@ def _lock_owner_alive(owner: str) -> bool:
     if host != socket.gethostname():
         return True  # another machine's process (a shared file system): cannot tell, so assume so
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # it exists, owned by another user
     return True
 
 

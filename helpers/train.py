@@ -406,7 +406,6 @@ def _fit(cfg: Config, data: CIFAR10 | None, folder: RunFolder | None, resume: st
         if folder is not None:
             if branch:  # a new folder starts from a copy of the checkpoint, so it is complete on its own
                 folder.start_from(source)
-            folder.saved = {"epoch": start_epoch, "step": start_step}
             for fixed in folder.repair(state):
                 log(f"Repaired {display_path(folder.path)}: {fixed}")
         log(f"Resumed from {display_path(source)} at epoch {start_epoch + 1}, step {start_step}"
