@@ -148,11 +148,14 @@ def run_fit(cfg, data, out: Path | None) -> dict:
     On CUDA, torch's sync debug mode warns at every operation that makes the host wait for the GPU;
     counting them per epoch shows whether any step syncs (391 steps an epoch) or only the epoch's end.
     """
-    marks, syncs, t0 = [], [], time.perf_counter()
+    marks, syncs, seen, t0 = [], [], [0], time.perf_counter()
 
     def on_epoch(history: list[dict]) -> None:
         h = history[-1]
-        syncs.append(sum("synchroniz" in str(w.message) for w in caught) - sum(syncs))
+        # Only the warnings since the last epoch: rescanning all of them made a 200-epoch run's
+        # callback quadratic.
+        syncs.append(sum("synchroniz" in str(w.message) for w in caught[seen[0]:]))
+        seen[0] = len(caught)
         marks.append(time.perf_counter())
         print(f"  epoch {h['epoch']:3d}  wall {marks[-1] - (marks[-2] if len(marks) > 1 else t0):6.2f} s  "
               f"(train {h['time_train']:.2f}, aug {h['time_aug']:.2f}, eval {h['time_eval']:.2f}, "
@@ -179,7 +182,8 @@ def run_fit(cfg, data, out: Path | None) -> dict:
     return {"status": result.status, "compile_s": compile_s, "total_s": time.perf_counter() - t0,
             "compile_error": result.meta.get("compile_error"),
             "host_syncs_per_epoch": syncs if cuda else None,
-            "epoch_wall_s": walls, "history": result.history, "per_class": result.per_class}
+            "epoch_wall_s": walls, "history": result.history, "per_class": result.per_class,
+            "run_dir": str(out) if out is not None else None}
 
 
 # ---------------------------------------------------------------------------- report
@@ -188,26 +192,30 @@ def markdown(rep: dict) -> str:
     p = rep["provenance"]
     lines = [f"# GPU check: {p['device_name']} ({p['device']})", "",
              f"torch {p['torch']}, torchvision {p['torchvision']}, Python {p['python']}, "
-             f"commit `{p['git_commit']}`, {rep['date']}; preset `{rep['preset']}`, batch {rep['batch']}.", "",
-             "## Training step of the model (forward, focal loss, backward, SGD)", "",
-             "| impl | compile | ms/step | img/s | compile + warm-up s | compiled vs eager |", "|---|---|---|---|---|---|"]
+             f"commit `{p['git_commit']}`, {rep['date']}; preset `{rep['preset']}`, batch {rep['batch']}.", ""]
+    if rep["steps"]:  # sections 2-4 are absent under --skip-bench
+        lines += ["## Training step of the model (forward, focal loss, backward, SGD)", "",
+                  "| impl | compile | ms/step | img/s | compile + warm-up s | compiled vs eager |",
+                  "|---|---|---|---|---|---|"]
     for r in rep["steps"]:
         check = (f"loss {r['loss_compiled']:.5f} vs {r['loss_eager']:.5f}; max grad diff "
                  f"{r['grad_rel_diff']:.1e} of the largest" + ("" if r["grads_finite"] else "; NON-FINITE GRADIENTS")
                  if "loss_eager" in r else "")
         lines.append(f"| {r['impl']} | {r['compile']} | {r['ms']:.2f} | {r['img_s']:,.0f} | "
                      f"{r['warmup_s']:.1f} | {check} |")
-    impls = list(rep["blocks"][0]["ms"]) if rep["blocks"] else []
-    lines += ["", "## Each block, forward + backward, eager (ms)", "",
-              "| block | input | " + " | ".join(impls) + " | auto picks | auto's is fastest or ≤ naive |",
-              "|---|---|" + "---|" * len(impls) + "---|---|"]
+    if rep["blocks"]:
+        impls = list(rep["blocks"][0]["ms"])
+        lines += ["", "## Each block, forward + backward, eager (ms)", "",
+                  "| block | input | " + " | ".join(impls) + " | auto picks | auto's is fastest or ≤ naive |",
+                  "|---|---|" + "---|" * len(impls) + "---|---|"]
     for i, r in enumerate(rep["blocks"]):
         ok = r["ms"][r["auto"]] <= r["ms"]["naive"] or r["ms"][r["auto"]] == min(r["ms"].values())
         lines.append(f"| {i + 1} | {'×'.join(map(str, r['input']))} | "
                      + " | ".join(f"{r['ms'][m]:.2f}" for m in impls) + f" | {r['auto']} | {'yes' if ok else 'NO'} |")
-    lines += ["", "## Augmentation, one epoch (per-image ops per chunk, mixing per batch)", "",
-              "| chunk (images) | s/epoch | img/s |", "|---|---|---|"]
-    lines += [f"| {r['chunk']:,} | {r['epoch_s']:.3f} | {r['img_s']:,.0f} |" for r in rep["augment"]]
+    if rep["augment"]:
+        lines += ["", "## Augmentation, one epoch (per-image ops per chunk, mixing per batch)", "",
+                  "| chunk (images) | s/epoch | img/s |", "|---|---|---|"]
+        lines += [f"| {r['chunk']:,} | {r['epoch_s']:.3f} | {r['img_s']:,.0f} |" for r in rep["augment"]]
     for key, title in (("fit", "`fit`, {} preset (its own schedule), first epochs"),
                        ("fit_laptop", "`fit`, {} preset, first epochs"),
                        ("full", "`fit`, the full {} preset"), ("speedrun", "`fit`, the {} preset")):
@@ -225,7 +233,11 @@ def markdown(rep: dict) -> str:
             rows = rows[:5] + rows[-5:]
         lines += [f"| {h['epoch']} | {w:.2f} | {h['time_train']:.2f} | {h['time_aug']:.2f} | {h['time_eval']:.2f} | "
                   f"{h['time_checkpoint']:.2f} | {h['test_acc']:.4f} |" for h, w in rows]
-        lines += ["", f"Mean wall time per epoch after the first: {f['mean_epoch_s']:.2f} s."]
+        lines += ["", f"Wall time per epoch after the first: median {f['median_epoch_s']:.2f} s, "
+                      f"mean {f['mean_epoch_s']:.2f} s."]
+        if f["status"] not in ("completed", "early_stop"):
+            lines += [f"**Stopped before its last epoch** ({f['status']}); continue it with "
+                      f"`python -m helpers.train --resume {f.get('run_dir', 'RUN')}`."]
         if f.get("host_syncs_per_epoch"):
             lines += [f"Host syncs per epoch (torch.cuda sync debug mode; the first includes compiling): "
                       f"{f['host_syncs_per_epoch'][:10]}."]
@@ -237,7 +249,9 @@ def markdown(rep: dict) -> str:
             lines += [f"Projected full run ({f['epochs_total']} × that + compilation): "
                       f"{f['projected_s'] / 60:.1f} min."]
         else:
-            lines += ["", f"Final test accuracy {f['history'][-1]['test_acc']:.4f} (report: {REPORT_ACC:.4f}).", "",
+            best = max(f["history"], key=lambda h: h["test_acc"])
+            lines += ["", f"Final test accuracy {f['history'][-1]['test_acc']:.4f} (report: {REPORT_ACC:.4f}); "
+                          f"best {best['test_acc']:.4f} at epoch {best['epoch']}.", "",
                       "| class | this run | report |", "|---|---|---|"]
             lines += [f"| {c} | {a:.2f} | {REPORT_PER_CLASS.get(c, float('nan')):.2f} |"
                       for c, a in f["per_class"].items()]
@@ -247,6 +261,7 @@ def markdown(rep: dict) -> str:
 def _summarise_fit(f: dict, epochs_total: int) -> dict:
     later = f["epoch_wall_s"][1:] or f["epoch_wall_s"]
     f["mean_epoch_s"] = statistics.mean(later) if later else float("nan")
+    f["median_epoch_s"] = statistics.median(later) if later else float("nan")
     f["epochs_total"] = epochs_total
     f["projected_s"] = f["compile_s"] + epochs_total * f["mean_epoch_s"]
     return f
@@ -321,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         f = rep["full"]
         print(f"  final test accuracy {f['history'][-1]['test_acc']:.4f} (report {REPORT_ACC:.4f}) after "
               f"{len(f['history'])} epochs, {f['total_s'] / 60:.1f} min in all (compilation {f['compile_s']:.0f} s)")
+        if f["status"] not in ("completed", "early_stop"):
+            print(f"  stopped before its last epoch ({f['status']}): continue it with "
+                  f"python -m helpers.train --resume {run}")
         save()
     if args.speedrun:
         run = out / "speedrun-run"

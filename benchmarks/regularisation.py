@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/regularisation.py --only none,all
     .venv/bin/python benchmarks/regularisation.py --preset smoke --set data.train_subset=64   # seconds (tests)
 
-The `laptop` preset switches rotation, colour jitter, CutMix/MixUp and dropout off because eight
-epochs on 50,000 images underfit. Here the same preset trains on the first 5,000 training images for
+The `laptop` preset switches rotation, colour jitter, CutMix/MixUp and dropout off because its
+short schedule on 50,000 images underfits. Here the same preset trains on the first 5,000 training images for
 many epochs, so that without them it overfits; each variant adds Table 1's values of one regulariser
 (read from the `seed` preset, their one home), and `all` adds every one. Same seed, same data order.
 

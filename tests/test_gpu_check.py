@@ -46,3 +46,17 @@ def test_refuses_to_report_cpu_figures_as_gpu_figures(capsys):
         pytest.skip("this machine has a GPU")
     assert main(["--out", "/nonexistent"]) == 2
     assert "No CUDA device" in capsys.readouterr().err
+
+
+def test_skip_bench_report_holds_only_the_runs_and_says_how_to_finish_one(fake_root, tmp_path, capsys):
+    """--skip-bench leaves out sections 2-4 (no empty tables); a run cut short names its resume command."""
+    from benchmarks.gpu_check import main
+    out = tmp_path / "out"
+    code = main(["--smoke", "--skip-bench", "--full", "--data-dir", str(fake_root), "--out", str(out),
+                 "--set", "data.batch_size=16", "--set", "train.stop_after=1"])
+    assert code == 0
+    md = (out / "gpu_check.md").read_text()
+    assert "ms/step" not in md and "auto picks" not in md and "s/epoch |" not in md
+    assert "Stopped before its last epoch" in md and f"--resume {out / 'full-run'}" in md
+    assert "median" in md and "best" in md
+    assert f"--resume {out / 'full-run'}" in capsys.readouterr().out
