@@ -30,6 +30,7 @@ except the line marked "projected".
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import json
 import statistics
@@ -148,13 +149,16 @@ def run_fit(cfg, data, out: Path | None) -> dict:
     On CUDA, torch's sync debug mode warns at every operation that makes the host wait for the GPU;
     counting them per epoch shows whether any step syncs (391 steps an epoch) or only the epoch's end.
     """
-    marks, syncs, seen, t0 = [], [], [0], time.perf_counter()
+    marks, syncs, seen, sites, t0 = [], [], [0], collections.Counter(), time.perf_counter()
 
     def on_epoch(history: list[dict]) -> None:
         h = history[-1]
         # Only the warnings since the last epoch: rescanning all of them made a 200-epoch run's
         # callback quadratic.
-        syncs.append(sum("synchroniz" in str(w.message) for w in caught[seen[0]:]))
+        new = sync_sites(caught[seen[0]:])
+        syncs.append(sum(new.values()))
+        if len(marks) >= 1:  # after the first epoch: compiling's own syncs would crowd out the steady state
+            sites.update(new)
         seen[0] = len(caught)
         marks.append(time.perf_counter())
         print(f"  epoch {h['epoch']:3d}  wall {marks[-1] - (marks[-2] if len(marks) > 1 else t0):6.2f} s  "
@@ -182,8 +186,15 @@ def run_fit(cfg, data, out: Path | None) -> dict:
     return {"status": result.status, "compile_s": compile_s, "total_s": time.perf_counter() - t0,
             "compile_error": result.meta.get("compile_error"),
             "host_syncs_per_epoch": syncs if cuda else None,
+            "host_sync_sites": [f"{site}: {n}" for site, n in sites.most_common(8)] if cuda else None,
             "epoch_wall_s": walls, "history": result.history, "per_class": result.per_class,
             "run_dir": str(out) if out is not None else None}
+
+
+def sync_sites(caught: list) -> "collections.Counter[str]":
+    """Count torch.cuda's sync-debug warnings by the file:line that triggered them."""
+    return collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
+                               if "synchroniz" in str(w.message))
 
 
 # ---------------------------------------------------------------------------- report
@@ -241,6 +252,9 @@ def markdown(rep: dict) -> str:
         if f.get("host_syncs_per_epoch"):
             lines += [f"Host syncs per epoch (torch.cuda sync debug mode; the first includes compiling): "
                       f"{f['host_syncs_per_epoch'][:10]}."]
+        if f.get("host_sync_sites"):
+            lines += ["Where they came from, epochs 2 on (file:line of the call that synchronised, count): "
+                      + "; ".join(f"`{s}`" for s in f["host_sync_sites"]) + "."]
         if key == "speedrun":
             train_s = sum(f["epoch_wall_s"]) - f["compile_s"]  # the first epoch's wall holds the compilation
             lines += ["", f"Training time, compilation apart: {train_s:.1f} s (target ≤ 60 s); final test "

@@ -60,3 +60,16 @@ def test_skip_bench_report_holds_only_the_runs_and_says_how_to_finish_one(fake_r
     assert "Stopped before its last epoch" in md and f"--resume {out / 'full-run'}" in md
     assert "median" in md and "best" in md
     assert f"--resume {out / 'full-run'}" in capsys.readouterr().out
+
+
+def test_sync_sites_counts_only_sync_warnings_by_call_site():
+    """On a GPU the report names where host syncs come from; here the counting is checked on made-up warnings."""
+    import warnings
+    from benchmarks.gpu_check import sync_sites
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            warnings.warn_explicit("called a synchronizing operation", UserWarning, "/x/augment.py", 42)
+        warnings.warn_explicit("called a synchronizing operation", UserWarning, "/x/train.py", 7)
+        warnings.warn_explicit("something else", UserWarning, "/x/train.py", 9)
+    assert sync_sites(caught) == {"augment.py:42": 3, "train.py:7": 1}
