@@ -2,6 +2,7 @@
 
     make gpu-check                                        # minutes on one H100/H200
     python benchmarks/gpu_check.py --full                 # + Table 1's 200 epochs, accuracy vs the report
+    python benchmarks/gpu_check.py --full --skip-bench --resume   # ... continued after a time limit or Ctrl-C
     python benchmarks/gpu_check.py --speedrun --skip-bench  # only the speedrun preset: ≥ 93 % in ≤ 60 s of training?
     python benchmarks/gpu_check.py --smoke                # seconds on a CPU: checks this script itself
 
@@ -142,9 +143,10 @@ def time_augment(cfg, data, device: torch.device, chunks: list[int], rounds: int
 
 # ---------------------------------------------------------------------------- 5./6. fit
 
-def run_fit(cfg, data, out: Path | None) -> dict:
+def run_fit(cfg, data, out: Path | None, resume: bool = False) -> dict:
     """``fit`` with per-epoch wall-clock marks and host-sync counts; returns history, compile time,
-    status, per-class accuracy.
+    status, per-class accuracy. ``resume``: continue the unfinished run in ``out``; the history then
+    holds every epoch, the wall times only this call's.
 
     On CUDA, torch's sync debug mode warns at every operation that makes the host wait for the GPU;
     counting them per epoch shows whether any step syncs (391 steps an epoch) or only the epoch's end.
@@ -172,7 +174,8 @@ def run_fit(cfg, data, out: Path | None) -> dict:
         if cuda:
             torch.cuda.set_sync_debug_mode("warn")
         try:
-            result = fit(cfg, data, out_dir=out, progress=False, log=lambda s: None, on_epoch=on_epoch)
+            result = fit(cfg, data, out_dir=out, resume=out if resume else None, progress=False,
+                         log=lambda s: None, on_epoch=on_epoch)
         finally:
             if cuda:
                 torch.cuda.set_sync_debug_mode(0)
@@ -239,7 +242,11 @@ def markdown(rep: dict) -> str:
         lines += [f"Compilation (apart): {f['compile_s']:.1f} s. Status: {f['status']}. "
                   f"Total wall time: {f['total_s']:.1f} s.", "",
                   "| epoch | wall s | train s | aug s | eval s | checkpoint s | test acc |", "|---|---|---|---|---|---|---|"]
-        rows = list(zip(f["history"], f["epoch_wall_s"]))
+        done_before = len(f["history"]) - len(f["epoch_wall_s"])  # epochs of an earlier call (--resume)
+        if done_before:
+            lines += [f"Resumed after epoch {done_before}: the wall times are this call's epochs only; "
+                      "the history and the accuracy are the whole run's.", ""]
+        rows = list(zip(f["history"][done_before:], f["epoch_wall_s"]))
         if len(rows) > 12:  # a long run: the first five and the last five epochs
             rows = rows[:5] + rows[-5:]
         lines += [f"| {h['epoch']} | {w:.2f} | {h['time_train']:.2f} | {h['time_aug']:.2f} | {h['time_eval']:.2f} | "
@@ -247,8 +254,8 @@ def markdown(rep: dict) -> str:
         lines += ["", f"Wall time per epoch after the first: median {f['median_epoch_s']:.2f} s, "
                       f"mean {f['mean_epoch_s']:.2f} s."]
         if f["status"] not in ("completed", "early_stop"):
-            lines += [f"**Stopped before its last epoch** ({f['status']}); continue it with "
-                      f"`python -m helpers.train --resume {f.get('run_dir', 'RUN')}`."]
+            lines += [f"**Stopped before its last epoch** ({f['status']}); continue it with the same command "
+                      f"plus `--resume` (or `python -m helpers.train --resume {f.get('run_dir', 'RUN')}`)."]
         if f.get("host_syncs_per_epoch"):
             lines += [f"Host syncs per epoch (torch.cuda sync debug mode; the first includes compiling): "
                       f"{f['host_syncs_per_epoch'][:10]}."]
@@ -270,6 +277,14 @@ def markdown(rep: dict) -> str:
             lines += [f"| {c} | {a:.2f} | {REPORT_PER_CLASS.get(c, float('nan')):.2f} |"
                       for c, a in f["per_class"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _resumable(folder: RunFolder) -> None:
+    """Refuse (``ValueError``) --resume where there is no run, or where it has finished."""
+    if not folder.holds_run():
+        raise ValueError(f"{folder.path} holds no run to resume: run --full without --resume first")
+    if folder.finished():
+        raise ValueError(f"{folder.path} holds a finished run ({folder.status()}): nothing to resume")
 
 
 def _summarise_fit(f: dict, epochs_total: int) -> dict:
@@ -300,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speedrun", action="store_true", help="also train the whole speedrun preset (about a minute)")
     p.add_argument("--skip-bench", action="store_true", help="with --full / --speedrun: only those runs")
     p.add_argument("--full-dir", help="run folder of the --full run (default: <out>/full-run)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --full: continue the unfinished run in the --full run folder (e.g. after a time limit)")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--commit", help="the commit to report, where the checkout is a copy without .git")
     p.add_argument("--out", default="runs/gpu-check", help="folder for gpu_check.json / .md (and the --full run)")
@@ -340,19 +357,23 @@ def main(argv: list[str] | None = None) -> int:
         bench(args, rep, cfg, data, device, save)
     if args.full:
         run = Path(args.full_dir) if args.full_dir else out / "full-run"
-        print(f"\n6. fit: the full {preset} preset ({cfg.train.epochs} epochs) into {run}", flush=True)
+        print(f"\n6. fit: the full {preset} preset ({cfg.train.epochs} epochs) into {run}"
+              + (" (resumed)" if args.resume else ""), flush=True)
         try:
-            RunFolder(run).ensure_free()
+            if args.resume:
+                _resumable(RunFolder(run))
+            else:
+                RunFolder(run).ensure_free()
         except ValueError as e:
             print(f"  {e}", file=sys.stderr)
             return 2
-        rep["full"] = _summarise_fit(run_fit(cfg, data, run), cfg.train.epochs)
+        rep["full"] = _summarise_fit(run_fit(cfg, data, run, resume=args.resume), cfg.train.epochs)
         f = rep["full"]
         print(f"  final test accuracy {f['history'][-1]['test_acc']:.4f} (report {REPORT_ACC:.4f}) after "
               f"{len(f['history'])} epochs, {f['total_s'] / 60:.1f} min in all (compilation {f['compile_s']:.0f} s)")
         if f["status"] not in ("completed", "early_stop"):
-            print(f"  stopped before its last epoch ({f['status']}): continue it with "
-                  f"python -m helpers.train --resume {run}")
+            print(f"  stopped before its last epoch ({f['status']}): continue it with the same command plus "
+                  f"--resume (or python -m helpers.train --resume {run})")
         save()
     if args.speedrun:
         run = out / "speedrun-run"

@@ -73,3 +73,23 @@ def test_sync_sites_counts_only_sync_warnings_by_call_site():
         warnings.warn_explicit("called a synchronizing operation", UserWarning, "/x/train.py", 7)
         warnings.warn_explicit("something else", UserWarning, "/x/train.py", 9)
     assert sync_sites(caught) == {"augment.py:42": 3, "train.py:7": 1}
+
+
+@pytest.mark.slow
+def test_a_full_run_cut_short_is_finished_by_resume(fake_root, tmp_path, capsys):
+    """--full stopped early (a time limit), then --full --resume: one run, every epoch in the report."""
+    from benchmarks.gpu_check import main
+    out, run = tmp_path / "out", tmp_path / "run"
+    common = ["--smoke", "--skip-bench", "--full", "--data-dir", str(fake_root), "--full-dir", str(run),
+              "--set", "data.batch_size=16"]
+    assert main(common + ["--out", str(out / "a"), "--resume"]) == 2            # nothing to resume yet
+    assert "holds no run" in capsys.readouterr().err
+    assert main(common + ["--out", str(out / "a"), "--set", "train.stop_after=1"]) == 0
+    assert main(common + ["--out", str(out / "b"), "--resume"]) == 0
+    rep = json.loads((out / "b" / "gpu_check.json").read_text())
+    assert rep["full"]["status"] == "completed" and len(rep["full"]["history"]) == 2
+    assert len(rep["full"]["epoch_wall_s"]) == 1                                 # only this call's epoch
+    md = (out / "b" / "gpu_check.md").read_text()
+    assert "Resumed after epoch 1" in md and "| 2 |" in md
+    assert main(common + ["--out", str(out / "c"), "--resume"]) == 2            # finished: nothing to resume
+    assert "finished run" in capsys.readouterr().err
