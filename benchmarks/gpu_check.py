@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.model import print_blocks, time_blocks  # noqa: E402
 from helpers.analysis import REPORT_PER_CLASS  # noqa: E402
 from helpers.augment import BatchAugment  # noqa: E402
-from helpers.checkpoint import RunFolder, provenance  # noqa: E402
+from helpers.checkpoint import FINISHED, RunFolder, provenance  # noqa: E402
 from helpers.config import get_preset  # noqa: E402
 from helpers.data import channel_stats, load_cifar10  # noqa: E402
 from helpers.engine import amp_dtype, compile_model, forward_backward, pick_device, train_step  # noqa: E402
@@ -151,17 +151,19 @@ def run_fit(cfg, data, out: Path | None, resume: bool = False) -> dict:
     On CUDA, torch's sync debug mode warns at every operation that makes the host wait for the GPU;
     counting them per epoch shows whether any step syncs (391 steps an epoch) or only the epoch's end.
     """
-    marks, syncs, seen, sites, t0 = [], [], [0], collections.Counter(), time.perf_counter()
+    marks, syncs, sites, t0 = [], [], collections.Counter(), time.perf_counter()
+    seen = 0  # warnings already counted
 
     def on_epoch(history: list[dict]) -> None:
+        nonlocal seen
         h = history[-1]
         # Only the warnings since the last epoch: rescanning all of them made a 200-epoch run's
         # callback quadratic.
-        new = sync_sites(caught[seen[0]:])
+        new = sync_sites(caught[seen:])
         syncs.append(sum(new.values()))
-        if len(marks) >= 1:  # after the first epoch: compiling's own syncs would crowd out the steady state
+        if marks:  # after the first epoch: compiling's own syncs would crowd out the steady state
             sites.update(new)
-        seen[0] = len(caught)
+        seen = len(caught)
         marks.append(time.perf_counter())
         print(f"  epoch {h['epoch']:3d}  wall {marks[-1] - (marks[-2] if len(marks) > 1 else t0):6.2f} s  "
               f"(train {h['time_train']:.2f}, aug {h['time_aug']:.2f}, eval {h['time_eval']:.2f}, "
@@ -253,7 +255,7 @@ def markdown(rep: dict) -> str:
                   f"{h['time_checkpoint']:.2f} | {h['test_acc']:.4f} |" for h, w in rows]
         lines += ["", f"Wall time per epoch after the first: median {f['median_epoch_s']:.2f} s, "
                       f"mean {f['mean_epoch_s']:.2f} s."]
-        if f["status"] not in ("completed", "early_stop"):
+        if f["status"] not in FINISHED:
             lines += [f"**Stopped before its last epoch** ({f['status']}); continue it with the same command "
                       f"plus `--resume` (or `python -m helpers.train --resume {f.get('run_dir', 'RUN')}`)."]
         if f.get("host_syncs_per_epoch"):
@@ -371,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         f = rep["full"]
         print(f"  final test accuracy {f['history'][-1]['test_acc']:.4f} (report {REPORT_ACC:.4f}) after "
               f"{len(f['history'])} epochs, {f['total_s'] / 60:.1f} min in all (compilation {f['compile_s']:.0f} s)")
-        if f["status"] not in ("completed", "early_stop"):
+        if f["status"] not in FINISHED:
             print(f"  stopped before its last epoch ({f['status']}): continue it with the same command plus "
                   f"--resume (or python -m helpers.train --resume {run})")
         save()

@@ -15,8 +15,8 @@ included. Everything else is derived from it and repaired from it on resume:
 """
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "RunFolder", "CheckpointWriter", "RESUME_SAFE", "load_checkpoint", "load_weights",
-           "find_run", "reference_dir",
+__all__ = ["CheckpointError", "RunFolder", "CheckpointWriter", "FINISHED", "RESUME_SAFE", "load_checkpoint",
+           "load_weights", "find_run", "reference_dir",
            "eval_weights", "save_checkpoint", "resume_source", "run_folder", "runs_dir", "display_path",
            "config_mismatches", "check_compatible", "rng_state", "set_rng_state", "provenance", "git_commit",
            "atomic_write_bytes", "atomic_write_text", "atomic_link", "serialise", "write_json"]
@@ -42,6 +42,8 @@ from .engine import cpu_info
 
 # Keys that may differ between a checkpoint and the config that resumes it:
 # they change where or how fast the run goes, not what it computes.
+# How a fit call ends when the run is done (RunFolder.status); every other status can be resumed.
+FINISHED = frozenset({"completed", "early_stop"})
 RESUME_SAFE = {"train.stop_after", "train.device", "train.compile", "train.num_threads",
                "data.root", "data.eval_batch_size", "data.aug_chunk"}
 
@@ -387,7 +389,7 @@ class RunFolder:
         return "completed" if state["epoch"] >= state["config"]["train"]["epochs"] else "unfinished"
 
     def finished(self) -> bool:
-        return self.status() in ("completed", "early_stop")
+        return self.status() in FINISHED
 
     def export_reference(self, to: str | Path) -> "RunFolder":
         """A small copy of this finished run for analysis only: ``best.pt`` without optimiser,
