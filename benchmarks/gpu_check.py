@@ -16,7 +16,8 @@ Measures, prints, and writes to ``--out`` (default ``runs/gpu-check``) as
    compiled step computes what the eager one does;
 3. each block's forward + backward time per implementation, and what ``auto`` picks;
 4. augmentation throughput per chunk size (one epoch of 50,000 images: per-image
-   ops per chunk, CutMix/MixUp per batch);
+   ops per chunk, CutMix/MixUp per batch); 4b. what serialising the preset's
+   checkpoint costs the main thread, ``torch.save``'s defaults against ``fit``'s way;
 5. ``--epochs`` epochs of the seed preset through ``fit`` (Table 1's 200-epoch
    schedule, stopped early), with each epoch's parts: training steps,
    augmentation, evaluation, checkpoint writing; compilation apart;
@@ -44,6 +45,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks.checkpoint import measure as time_checkpoint, run_state, tensors_in  # noqa: E402
 from benchmarks.model import print_blocks, time_blocks  # noqa: E402
 from helpers.analysis import REPORT_PER_CLASS  # noqa: E402
 from helpers.augment import BatchAugment  # noqa: E402
@@ -232,6 +234,13 @@ def markdown(rep: dict) -> str:
         lines += ["", "## Augmentation, one epoch (per-image ops per chunk, mixing per batch)", "",
                   "| chunk (images) | s/epoch | img/s |", "|---|---|---|"]
         lines += [f"| {r['chunk']:,} | {r['epoch_s']:.3f} | {r['img_s']:,.0f} |" for r in rep["augment"]]
+    if rep.get("checkpoint"):
+        c = rep["checkpoint"]
+        lines += ["", "## Checkpoint: serialising the state on the main thread (ms, median)", "",
+                  f"Model and optimiser state, {c['tensors']} tensors. `torch.save`: its defaults (CRC-32 on, "
+                  "device tensors copied one by one); `serialise`: what `fit` does (one asynchronous copy to "
+                  "the host, one wait, no CRC-32).", "", "| way | ms |", "|---|---|"]
+        lines += [f"| {name} | {sec * 1000:.1f} |" for name, sec in c["median_s"].items()]
     for key, title in (("fit", "`fit`, {} preset (its own schedule), first epochs"),
                        ("fit_laptop", "`fit`, {} preset, first epochs"),
                        ("full", "`fit`, the full {} preset"), ("speedrun", "`fit`, the {} preset")):
@@ -430,6 +439,15 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
     rep["augment"] = time_augment(cfg, data, device, chunks, rounds=1 if args.smoke else 2)
     for r in rep["augment"]:
         print(f"  chunk {r['chunk']:6d}: {r['epoch_s']:.3f} s/epoch  {r['img_s']:12,.0f} img/s", flush=True)
+    save()
+
+    print("\n4b. checkpoint: serialising the model's and the optimiser's state on the main thread", flush=True)
+    state = run_state(preset, args.overrides, device)
+    rep["checkpoint"] = {"tensors": len(tensors_in(state)),
+                         "median_s": time_checkpoint(state, rounds=3 if args.smoke else 7)}
+    del state
+    for name, sec in rep["checkpoint"]["median_s"].items():
+        print(f"  {name:10s} {sec * 1000:7.1f} ms", flush=True)
     save()
 
     # The preset's own schedule, stopped after a few epochs; then the laptop preset (CPU-sized) here.

@@ -287,7 +287,10 @@ class DeviceBatches:
         """A new epoch's order: a permutation (N,) on the device, drawn from ``generator``; None unshuffled."""
         if not self.shuffle:
             return None
-        return torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
+        order = torch.randperm(len(self.x), generator=self.generator)  # (N,) on the CPU
+        if self.x.device.type == "cuda":  # from page-locked memory the copy is asynchronous: no wait
+            order = order.pin_memory()
+        return order.to(self.x.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.epoch_order()

@@ -143,7 +143,8 @@ def train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optim
 
     ``x``: (B, 3, H, W) float, already augmented and normalised; ``target``: (B,)
     labels or (B, K) soft targets. ``scaler`` is only needed for fp16. No host sync:
-    on a GPU the step is queued and the call returns.
+    on a GPU the step is queued and the call returns (except under fp16, where the
+    scaler's step reads whether the gradients overflowed).
     """
     optimizer.zero_grad(set_to_none=True)
     loss, logits = forward_backward(model, loss_fn, x, target, dtype, scaler)
@@ -200,8 +201,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callab
     """Loss, accuracy and logits of ``model`` on uint8 images and int labels."""
     logits = predict(model, x, mean, std, **predict_kw)
     y = y.to(logits.device)
-    return {"loss": float(loss_fn(logits, y)), "acc": float((logits.argmax(1) == y).float().mean()),
-            "logits": logits}
+    acc = (logits.argmax(1) == y).float().mean()
+    loss, acc = torch.stack([loss_fn(logits, y).float(), acc]).tolist()  # one read: the host waits once
+    return {"loss": loss, "acc": acc, "logits": logits}
 
 
 def per_class_accuracy(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float]:

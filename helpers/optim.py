@@ -13,16 +13,18 @@ effective step lr/(1 − momentum) from swinging as far as the lr does (Smith 20
 """
 from __future__ import annotations
 
-__all__ = ["build_optimizer", "build_scheduler", "param_groups", "schedule_values",
+__all__ = ["build_optimizer", "build_scheduler", "param_groups", "schedule_values", "EMA",
            "lr_range_test", "suggest_lr", "BASE_MOMENTUM", "MAX_MOMENTUM", "NORM_LAYERS"]
 
 import copy
 import math
+from collections import defaultdict
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .config import OptimConfig, expect_section
 from .engine import train_step  # not .train: train imports optim
@@ -116,6 +118,35 @@ def schedule_values(cfg: OptimConfig, epochs: int, steps_per_epoch: int) -> dict
         momenta.append(group["momentum"])
         scheduler.step()
     return {"lr": lrs, "momentum": momenta}
+
+
+# ---------------------------------------------------------------------------- weight averaging
+
+class EMA(AveragedModel):
+    """An exponential moving average (``decay``) of a model's weights and buffers: torch's
+    ``AveragedModel`` with its EMA function, stepped without making the host wait for the GPU.
+
+    ``AveragedModel.update_parameters`` copies its step counter to the device at every call, a
+    blocking copy (``tests/test_host_sync.py`` finds it); this update applies the same
+    ``get_ema_multi_avg_fn`` to each dtype's tensors without it. The state dict is AveragedModel's.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        # use_buffers: BatchNorm's running statistics are averaged too, so ``.module`` evaluates as is.
+        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        if self.n_averaged == 0:  # the first call copies the weights (the counter is a CPU tensor: no sync)
+            return super().update_parameters(model)
+        groups: dict[torch.dtype, tuple[list, list]] = defaultdict(lambda: ([], []))
+        for mine, theirs in zip([*self.module.parameters(), *self.module.buffers()],
+                                [*model.parameters(), *model.buffers()]):
+            groups[mine.dtype][0].append(mine.detach())
+            groups[mine.dtype][1].append(theirs.detach())
+        for mine, theirs in groups.values():  # one foreach lerp per dtype; integer buffers as AveragedModel
+            self.multi_avg_fn(mine, theirs, None)
+        self.n_averaged += 1
 
 
 # ---------------------------------------------------------------------------- LR range test

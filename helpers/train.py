@@ -30,7 +30,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .augment import BatchAugment, normalize
@@ -42,7 +41,7 @@ from .engine import (PhaseTimer, amp_dtype, compile_model, evaluate, forward_bac
                      pick_device, predict, resolve_compile, train_step)
 from .losses import build_loss
 from .model import WHITEN_IMAGES, build_model, whiten_stem
-from .optim import build_optimizer, build_scheduler
+from .optim import EMA, build_optimizer, build_scheduler
 
 
 # ---------------------------------------------------------------------------- the run's objects
@@ -79,7 +78,7 @@ class Run:
     meta: dict                         # config, seed, provenance, data fingerprint: written to run.json
     folder: RunFolder | None           # where the run is written; None: nothing is
     log: Callable[[str], None]
-    ema: AveragedModel | None = None   # an EMA of ``model``'s weights and buffers (train.ema > 0)
+    ema: EMA | None = None             # an EMA of ``model``'s weights and buffers (train.ema > 0)
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"metric": -math.inf, "epoch": 0, "since": 0})
 
@@ -126,9 +125,7 @@ def build_run(cfg: Config, data: CIFAR10, out_dir: str | Path | RunFolder | None
     eval_sets = {"test": (ds.test_x.to(device), ds.test_y.to(device))}
     if val is not None:
         eval_sets["val"] = (val[0].to(device), val[1].to(device))
-    # EMA from torch.optim.swa_utils; use_buffers also averages BatchNorm's running statistics.
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema), use_buffers=True)
-           if tc.ema else None)
+    ema = EMA(model, tc.ema) if tc.ema else None
     return Run(
         cfg=cfg, device=device, dtype=dtype, model=model, net=compile_model(model, tc.compile, device), ema=ema,
         loss_fn=build_loss(cfg.loss, ds.classes).to(device), batches=batches,
@@ -246,8 +243,9 @@ def train_epoch(run: Run, epoch: int, start: int = 0, partial: dict | None = Non
     order = run.batches.epoch_order()
     timer, t0 = PhaseTimer(run.device), time.perf_counter()
     # Continued from a resumed epoch's partial sums, so the additions happen in the same order.
-    loss_sum = torch.tensor(acc["loss"], device=run.device)
-    correct = torch.tensor(acc["correct"], device=run.device)
+    # torch.full, not torch.tensor: a tensor made from a Python number is a copy the host waits on.
+    loss_sum = torch.full((), acc["loss"], device=run.device)
+    correct = torch.full((), acc["correct"], device=run.device)
     steps = len(run.batches)
     batches = run.aug.epoch(run.batches.x, run.batches.y, order, b, epoch, chunk=run.cfg.data.aug_chunk,
                             start=start, drop_last=run.cfg.data.drop_last)
@@ -275,7 +273,8 @@ def train_epoch(run: Run, epoch: int, start: int = 0, partial: dict | None = Non
             if interrupt is not None and interrupt.requested:
                 break
     phases = timer.totals()
-    acc.update(loss=float(loss_sum), correct=float(correct), steps=step,
+    loss_total, correct_total = torch.stack([loss_sum, correct]).tolist()  # the epoch's one read
+    acc.update(loss=loss_total, correct=correct_total, steps=step,
                time=acc["time"] + time.perf_counter() - t0,
                time_train=acc["time_train"] + phases.get("train", 0.0),
                time_aug=acc["time_aug"] + phases.get("aug", 0.0))

@@ -53,3 +53,10 @@ def test_tta_cost_times_every_setting():
     import tta_cost
     out = tta_cost.main(["--preset", "smoke", "--images", "64", "--rounds", "1", "--set", "train.num_threads=1"])
     assert list(out) == ["none", "flip", "flip + translate"] and all(t > 0 for t in out.values())
+
+
+def test_checkpoint_benchmark_times_both_ways(capsys):
+    import checkpoint
+    out = checkpoint.main(["--preset", "smoke", "--rounds", "1"])
+    assert set(out["median_s"]) == {"torch.save", "serialise"} and all(t > 0 for t in out["median_s"].values())
+    assert out["tensors"] > 10 and "serialise" in capsys.readouterr().out

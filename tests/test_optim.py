@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from helpers.config import OptimConfig
-from helpers.optim import (BASE_MOMENTUM, MAX_MOMENTUM, build_optimizer, build_scheduler,
+from helpers.optim import (BASE_MOMENTUM, EMA, MAX_MOMENTUM, build_optimizer, build_scheduler,
                            lr_range_test, schedule_values, suggest_lr)
 
 
@@ -198,3 +198,21 @@ def test_suggest_lr_ignores_the_fall_after_a_blow_up():
     assert i_min == 29
     result = {"lr": lrs, "loss": losses, "lr_at_min_loss": lrs[i_min]}
     assert suggest_lr(result) == pytest.approx(1e-3)
+
+
+def test_ema_averages_exactly_as_torchs_averaged_model():
+    """helpers' EMA only leaves out AveragedModel's per-step host→device copy: same numbers, same state dict."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 30 * 30, 10))
+    ours = EMA(net, 0.9)
+    theirs = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(4):  # weights and BatchNorm statistics (floats) and its step count (an integer) change
+        net(torch.randn(8, 3, 32, 32)).square().mean().backward()
+        opt.step()
+        ours.update_parameters(net)
+        theirs.update_parameters(net)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert int(a["n_averaged"]) == 4 and not torch.equal(a["module.3.weight"], net[3].weight.detach())

@@ -3,6 +3,7 @@ failed writes, non-finite weights, and the data fingerprint. All on a tiny fake 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import pickle
@@ -346,3 +347,26 @@ def test_the_shipped_laptop_reference_run_matches_the_preset():
     state = load_checkpoint(ref.best)
     assert config_mismatches(state["config"], get_preset("laptop")) == []
     assert state["epoch"] == get_preset("laptop").train.epochs and "optimizer" not in state
+
+
+def test_serialise_round_trips_a_snapshot():
+    """``serialise`` skips torch.save's CRC-32 and copies device tensors itself: what loads is what was saved."""
+    w = torch.arange(12.0).view(3, 4).t()  # not contiguous: strides survive
+    state = {"model": {"w": w, "n": torch.tensor(3)}, "history": [{"acc": 0.5}], "rng": (torch.zeros(2),)}
+    data = ckpt_mod.serialise(state)
+    w.add_(1)  # training goes on after the snapshot
+    back = torch.load(io.BytesIO(data), weights_only=True)
+    assert torch.equal(back["model"]["w"], torch.arange(12.0).view(3, 4).t()) and back["model"]["w"].stride() == (1, 4)
+    assert back["model"]["n"] == 3 and back["history"] == [{"acc": 0.5}] and isinstance(back["rng"], tuple)
+    assert ckpt_mod.to_host(state)["model"]["w"] is w  # on the CPU nothing is copied twice
+
+
+def test_torch_load_does_not_check_crc32():
+    """Why ``serialise`` skips the zip CRC-32 torch.save computes: torch.load never verifies it, so it
+    costs time and catches nothing. If torch starts checking, this fails: keep the CRC then."""
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(100_000)}, buf)  # CRC-32 on (torch's default)
+    data = bytearray(buf.getvalue())
+    data[len(data) // 2] ^= 0xFF  # one byte inside the tensor's 400 kB
+    back = torch.load(io.BytesIO(bytes(data)), weights_only=True)
+    assert not torch.equal(back["w"], torch.zeros(100_000))  # the corruption loaded silently
