@@ -267,11 +267,10 @@ class BatchAugment:
         if not mixed:
             return x, F.one_hot(y, self.num_classes).to(x.dtype)
         # v2's CutMix/MixUp draw from torch's global CPU RNG; fork it and seed it from our
-        # generator so the batch is reproducible and the caller's CPU RNG is untouched.
-        # torch.manual_seed also reseeds CUDA's generators (not forked here), so on a GPU the
-        # stream dropout draws from restarts at each mixed batch: a function of (seed, epoch, step).
+        # generator so the batch is reproducible and the caller's RNG is untouched. Only the CPU
+        # generator is seeded: torch.manual_seed would also reseed CUDA's, which are not forked.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             return self._mixers(x, y)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

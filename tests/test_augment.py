@@ -191,6 +191,16 @@ def test_state_dict_round_trip_and_global_rng_untouched():
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
 
 
+def test_mixing_leaves_the_gpu_generators_alone(monkeypatch):
+    """Seeding CutMix/MixUp's draws must not reseed CUDA's generators (dropout's stream on a GPU)."""
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)  # what torch.manual_seed would call
+    aug = BatchAugment(_cfg(mix_p=1.0), MEAN, STD, seed=0)
+    for _ in range(4):
+        aug(_images(8), torch.arange(8))
+    assert reseeded == []
+
+
 def test_mix_p_zero_gives_one_hot():
     x, y = _images(16), torch.arange(16) % 10
     aug = BatchAugment(_cfg(mix_p=0.0), MEAN, STD, seed=0)
