@@ -127,7 +127,10 @@ def forward_backward(model: nn.Module, loss_fn: Callable, x: torch.Tensor, targe
                      dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, loss and backward in train mode; gradients accumulate. Returns (loss, logits), detached."""
-    model.train()
+    if not getattr(model, "_orig_mod", model).training:
+        # Only when needed: train() walks every submodule, ~0.4 ms of host time a step for the
+        # seed model on a slow CPU (BENCHMARKS.md, "Host time per step"), which a GPU waits for.
+        model.train()
     _new_step(model)
     with autocast(x.device, dtype):
         logits = model(x)  # (B, K)

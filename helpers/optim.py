@@ -68,9 +68,13 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias)
     if not any(g["params"] for g in groups):
         raise ValueError("the model has no trainable parameters")
+    # On CUDA one fused kernel updates every parameter; torch's default there (foreach) launches
+    # several and costs more host time a step (BENCHMARKS.md, "Host time per step"). Elsewhere
+    # torch's default, whose numbers fused SGD does not match to the last bit.
+    fused = all(p.is_cuda for g in groups for p in g["params"]) or None
     # `lr` is the report's base lr; a OneCycle scheduler replaces it with max_lr / div_factor.
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay)
+                           weight_decay=cfg.weight_decay, fused=fused)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int,

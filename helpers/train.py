@@ -238,6 +238,7 @@ def train_epoch(run: Run, epoch: int, start: int = 0, partial: dict | None = Non
     ends: no step waits for the GPU.
     """
     b = run.cfg.data.batch_size
+    run.model.train()  # every module, once an epoch: the steps only check the model's own flag
     acc = partial or {"loss": 0.0, "correct": 0.0, "n": 0, "time": 0.0, "time_train": 0.0, "time_aug": 0.0}
     order_state = run.batches.generator.get_state()  # before this epoch's shuffle
     order = run.batches.epoch_order()
