@@ -20,7 +20,8 @@ Measures, prints, and writes to ``--out`` (default ``runs/gpu-check``) as
    checkpoint costs the main thread, ``torch.save``'s defaults against ``fit``'s way;
 5. ``--epochs`` epochs of the seed preset through ``fit`` (Table 1's 200-epoch
    schedule, stopped early), with each epoch's parts: training steps,
-   augmentation, evaluation, checkpoint writing; compilation apart;
+   augmentation, evaluation, checkpoint writing; compilation apart; 5b. ``fit``'s
+   steps under ``torch.profiler``: how busy the GPU is, and the host's top operations;
 6. with ``--full``: the whole 200-epoch run, final and per-class test accuracy
    beside the report's 92.75 %;
 7. with ``--speedrun``: the whole ``speedrun`` preset (the short-schedule recipe),
@@ -47,6 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmarks.checkpoint import measure as time_checkpoint, run_state, tensors_in  # noqa: E402
 from benchmarks.model import print_blocks, time_blocks  # noqa: E402
+from benchmarks.profile_steps import profile_steps, report as profile_report  # noqa: E402
 from helpers.analysis import REPORT_PER_CLASS  # noqa: E402
 from helpers.augment import BatchAugment  # noqa: E402
 from helpers.checkpoint import FINISHED, RunFolder, provenance  # noqa: E402
@@ -287,6 +289,9 @@ def markdown(rep: dict) -> str:
                       "| class | this run | report |", "|---|---|---|"]
             lines += [f"| {c} | {a:.2f} | {REPORT_PER_CLASS.get(c, float('nan')):.2f} |"
                       for c, a in f["per_class"].items()]
+    if rep.get("profile"):
+        lines += ["", "## Where a training step's time goes (`fit`'s steps under torch.profiler)", ""]
+        lines += profile_report(rep["profile"])
     return "\n".join(lines) + "\n"
 
 
@@ -463,6 +468,11 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
         print(f"  compilation {f['compile_s']:.1f} s; mean epoch after the first {f['mean_epoch_s']:.2f} s; "
               f"projected {fcfg.train.epochs} epochs: {f['projected_s'] / 60:.1f} min", flush=True)
         save()
+
+    print(f"\n5b. profile: fit's training steps, {preset} preset", flush=True)
+    rep["profile"] = profile_steps(cfg, data)
+    print("\n".join("  " + line for line in profile_report(rep["profile"])[:2]), flush=True)
+    save()
 
 
 

@@ -67,3 +67,13 @@ def test_step_overhead_times_both_ways_and_their_parts(capsys):
     out = step_overhead.main(["--device", "cpu", "--steps", "2", "--rounds", "1"])
     assert set(out["us"]) == {"before", "now", "model.train()", "SGD step, foreach", "SGD step, as now"}
     assert all(t > 0 for t in out["us"].values()) and "before's speed" in capsys.readouterr().out
+
+
+def test_gpu_busy_time_counts_overlapping_kernels_once():
+    from types import SimpleNamespace as NS
+    import torch
+    from profile_steps import _busy_us
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    ev = lambda a, b, d=cuda: NS(device_type=d, time_range=NS(start=a, end=b))  # noqa: E731
+    # kernels 0-10 and 5-12 overlap (12 µs busy), 20-25 after a gap; the host op does not count
+    assert _busy_us([ev(20, 25), ev(0, 10), ev(5, 12), ev(0, 100, cpu), ev(6, 8)]) == 17

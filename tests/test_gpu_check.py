@@ -26,6 +26,8 @@ def test_smoke_mode_writes_every_section(fake_root, tmp_path, capsys):
     assert compiled["grads_finite"] and abs(compiled["loss_compiled"] - compiled["loss_eager"]) < 1e-4
     assert len(rep["blocks"]) == 3 and all(set(b["ms"]) == {"naive", "stacked", "kernel"} for b in rep["blocks"])
     assert [a["chunk"] for a in rep["augment"]] == [128, 1024, 8192]
+    prof = rep["profile"]  # on a CPU: the host's operations, no GPU figures
+    assert prof["wall_us_per_step"] > 0 and prof["gpu_busy_us_per_step"] is None and prof["host_top"]
     ck = rep["checkpoint"]  # the smoke model's weights and momentum buffers, serialised both ways
     assert ck["tensors"] > 10 and set(ck["median_s"]) == {"torch.save", "serialise"}
     for key in ("fit", "fit_laptop", "full"):
@@ -36,7 +38,7 @@ def test_smoke_mode_writes_every_section(fake_root, tmp_path, capsys):
     sp = rep["speedrun"]  # the speedrun preset, shrunk to seconds (SMOKE_SPEEDRUN): the path runs end to end
     assert sp["preset"] == "speedrun" and sp["status"] == "completed" and len(sp["history"]) == 1
     md = (tmp_path / "out" / "gpu_check.md").read_text()
-    for words in ("ms/step", "auto picks", "s/epoch", "| serialise |", "Final test accuracy", "| cat |", "the speedrun preset",
+    for words in ("ms/step", "auto picks", "s/epoch", "| serialise |", "| host op (self time) |", "Final test accuracy", "| cat |", "the speedrun preset",
                   "Training time, compilation apart"):
         assert words in md, words
 
