@@ -245,8 +245,8 @@ def train_epoch(run: Run, epoch: int, start: int = 0, partial: dict | None = Non
     timer, t0 = PhaseTimer(run.device), time.perf_counter()
     # Continued from a resumed epoch's partial sums, so the additions happen in the same order.
     # torch.full, not torch.tensor: a tensor made from a Python number is a copy the host waits on.
-    loss_sum = torch.full((), acc["loss"], device=run.device)
-    correct = torch.full((), acc["correct"], device=run.device)
+    loss_sum = torch.full((), acc["loss"], dtype=torch.float32, device=run.device)
+    correct = torch.full((), acc["correct"], dtype=torch.float32, device=run.device)
     steps = len(run.batches)
     batches = run.aug.epoch(run.batches.x, run.batches.y, order, b, epoch, chunk=run.cfg.data.aug_chunk,
                             start=start, drop_last=run.cfg.data.drop_last)
