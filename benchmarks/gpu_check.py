@@ -289,9 +289,9 @@ def markdown(rep: dict) -> str:
                       "| class | this run | report |", "|---|---|---|"]
             lines += [f"| {c} | {a:.2f} | {REPORT_PER_CLASS.get(c, float('nan')):.2f} |"
                       for c, a in f["per_class"].items()]
-    if rep.get("profile"):
+    if rep.get("profile") or rep.get("profile_error"):
         lines += ["", "## Where a training step's time goes (`fit`'s steps under torch.profiler)", ""]
-        lines += profile_report(rep["profile"])
+        lines += profile_report(rep["profile"]) if rep.get("profile") else [f"**Failed:** {rep['profile_error']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -470,8 +470,12 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
         save()
 
     print(f"\n5b. profile: fit's training steps, {preset} preset", flush=True)
-    rep["profile"] = profile_steps(cfg, data)
-    print("\n".join("  " + line for line in profile_report(rep["profile"])[:2]), flush=True)
+    try:
+        rep["profile"] = profile_steps(cfg, data)
+        print("\n".join("  " + line for line in profile_report(rep["profile"])[:2]), flush=True)
+    except Exception as e:  # a diagnostic: its failure must not cost the sections after it
+        rep["profile_error"] = f"{type(e).__name__}: {e}"[:500]
+        print(f"  PROFILING FAILED ({rep['profile_error']}); going on", flush=True)
     save()
 
 

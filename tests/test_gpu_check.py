@@ -97,3 +97,19 @@ def test_a_full_run_cut_short_is_finished_by_resume(fake_root, tmp_path, capsys)
     assert "Resumed after epoch 1" in md and "| 2 |" in md
     assert main(common + ["--out", str(out / "c"), "--resume"]) == 2            # finished: nothing to resume
     assert "finished run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_failed_profile_is_reported_and_the_check_goes_on(fake_root, tmp_path, monkeypatch):
+    import benchmarks.gpu_check as gc
+
+    def broken(*a, **k):
+        raise RuntimeError("CUPTI said no")
+
+    monkeypatch.setattr(gc, "profile_steps", broken)
+    code = gc.main(["--smoke", "--compiled-impls", "", "--data-dir", str(fake_root), "--out", str(tmp_path / "out"),
+                    "--set", "data.batch_size=16", "--epochs", "1", "--full"])
+    assert code == 0
+    rep = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert "CUPTI said no" in rep["profile_error"] and rep["full"]["status"] == "completed"  # --full still ran
+    assert "**Failed:** RuntimeError: CUPTI said no" in (tmp_path / "out" / "gpu_check.md").read_text()
