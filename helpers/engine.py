@@ -146,8 +146,9 @@ def train_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optim
 
     ``x``: (B, 3, H, W) float, already augmented and normalised; ``target``: (B,)
     labels or (B, K) soft targets. ``scaler`` is only needed for fp16. No host sync:
-    on a GPU the step is queued and the call returns (except under fp16, where the
-    scaler's step reads whether the gradients overflowed).
+    on a GPU the step is queued and the call returns. (Under fp16 that needs a fused
+    optimiser, as ``build_optimizer`` gives on CUDA; with another the scaler's step
+    reads whether the gradients overflowed.)
     """
     optimizer.zero_grad(set_to_none=True)
     loss, logits = forward_backward(model, loss_fn, x, target, dtype, scaler)
