@@ -472,7 +472,7 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
     print(f"\n5b. profile: fit's training steps, {preset} preset", flush=True)
     try:
         rep["profile"] = profile_steps(cfg, data)
-        print("\n".join("  " + line for line in profile_report(rep["profile"])[:2]), flush=True)
+        print("\n".join("  " + line for line in profile_report(rep["profile"])[:2] if line), flush=True)
     except Exception as e:  # a diagnostic: its failure must not cost the sections after it
         rep["profile_error"] = f"{type(e).__name__}: {e}"[:500]
         print(f"  PROFILING FAILED ({rep['profile_error']}); going on", flush=True)
