@@ -60,8 +60,11 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
     return [g for g in groups if g["params"]]  # SGD accepts empty groups, but they only confuse
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
-    """SGD with (Nesterov) momentum and weight decay; norm/bias exempt if ``cfg.no_decay_norm_bias``."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool | None = None) -> torch.optim.SGD:
+    """SGD with (Nesterov) momentum and weight decay; norm/bias exempt if ``cfg.no_decay_norm_bias``.
+
+    ``fused``: one kernel for every parameter; None = when the parameters are on CUDA.
+    """
     expect_section(cfg, OptimConfig, "build_optimizer")
     if cfg.nesterov and cfg.momentum <= 0:
         raise ValueError(f"optim.nesterov=True needs optim.momentum > 0, got {cfg.momentum}")
@@ -71,7 +74,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
     # On CUDA one fused kernel updates every parameter; torch's default there (foreach) launches
     # several and costs more host time a step (BENCHMARKS.md, "Host time per step"). Elsewhere
     # torch's default, whose numbers fused SGD does not match to the last bit.
-    fused = all(p.is_cuda for g in groups for p in g["params"]) or None
+    if fused is None:
+        fused = all(p.is_cuda for g in groups for p in g["params"]) or None
     # `lr` is the report's base lr; a OneCycle scheduler replaces it with max_lr / div_factor.
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=cfg.weight_decay, fused=fused)

@@ -216,3 +216,25 @@ def test_ema_averages_exactly_as_torchs_averaged_model():
     a, b = ours.state_dict(), theirs.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert int(a["n_averaged"]) == 4 and not torch.equal(a["module.3.weight"], net[3].weight.detach())
+
+
+def test_fused_sgd_follows_the_one_cycle_schedule_as_the_default_does():
+    """What CUDA runs (fused, Nesterov, the no-decay group, OneCycle cycling lr and momentum), on the CPU."""
+    cfg = OptimConfig(no_decay_norm_bias=True)
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [build_optimizer(nets[0], cfg), build_optimizer(nets[1], cfg, fused=True)]
+    assert [o.defaults["fused"] for o in opts] == [None, True] and len(opts[1].param_groups) == 2
+    scheds = [build_scheduler(o, cfg, epochs=2, steps_per_epoch=5) for o in opts]
+    x, y = torch.randn(16, 6, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 3
+    start = nets[1][0].weight.detach().clone()
+    for _ in range(10):
+        for net, opt, sched in zip(nets, opts, scheds):
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+            sched.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert (nets[1][0].weight - start).abs().max() > 1e-3  # the steps moved the weights
