@@ -107,8 +107,8 @@ def to_host(state: Any) -> Any:
         return x
 
     out = host(state)
-    if copied:
-        torch.accelerator.synchronize()  # the copies are complete: a snapshot training may now overwrite
+    if copied:  # the copies are complete: a snapshot that training may now overwrite
+        torch.accelerator.current_stream().synchronize()  # the copies' stream (sync debug mode sees it)
     return out
 
 
