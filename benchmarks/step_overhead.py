@@ -47,8 +47,10 @@ def measure(device: torch.device, steps: int = 50, rounds: int = 5) -> dict[str,
     x = torch.randn(2, 3, 32, 32, device=device)
     target = torch.full((2, cfg.model.num_classes), 1 / cfg.model.num_classes, device=device)
     now = build_optimizer(model, cfg.optim)
-    groups = [{k: v for k, v in g.items() if k != "fused"} for g in now.param_groups]
+    # The same groups (lr, momentum, weight decay); each group's own "fused"/"foreach" would win over the argument.
+    groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in now.param_groups]
     before = torch.optim.SGD(groups, foreach=True)
+    assert all(g["foreach"] for g in before.param_groups)
 
     def step_before():
         model.train()
