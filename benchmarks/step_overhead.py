@@ -8,8 +8,10 @@ a batch of 2: the same modules, parameters (68 tensors) and loss as the real ste
 too small to matter, so what is timed is Python, dispatch and launches. Eager, because that host
 work is what remains around a CUDA-graphed model: the loss, the optimiser, the mode switch. Times,
 interleaved in one run (median µs per step, and each part alone):
-- ``before``: ``model.train()`` every step and SGD with ``foreach`` (torch's default on CUDA);
-- ``now``: what ``fit`` does: the mode checked, SGD fused on CUDA (torch's default elsewhere).
+- ``before``: the code before ``1830874``: ``model.train()`` every step, SGD with torch's default
+  for the device (``foreach`` on CUDA, a for-loop on a CPU);
+- ``now``: what ``fit`` does: the mode checked, SGD fused on CUDA (torch's default elsewhere, so on
+  a CPU only the mode switch differs).
 """
 from __future__ import annotations
 
@@ -47,17 +49,17 @@ def measure(device: torch.device, steps: int = 50, rounds: int = 5) -> dict[str,
     x = torch.randn(2, 3, 32, 32, device=device)
     target = torch.full((2, cfg.model.num_classes), 1 / cfg.model.num_classes, device=device)
     now = build_optimizer(model, cfg.optim)
-    # The same groups (lr, momentum, weight decay); each group's own "fused"/"foreach" would win over the argument.
+    # The same groups (lr, momentum, weight decay) with torch's defaults for this device: foreach on
+    # CUDA, a for-loop on a CPU (each group's own "fused"/"foreach" would win over SGD's arguments).
     groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in now.param_groups]
-    before = torch.optim.SGD(groups, foreach=True)
-    assert all(g["foreach"] for g in before.param_groups)
+    before = torch.optim.SGD(groups)
 
     def step_before():
         model.train()
         train_step(model, loss_fn, before, x, target)
 
     ways = {"before": step_before, "now": lambda: train_step(model, loss_fn, now, x, target),
-            "model.train()": model.train, "SGD step, foreach": before.step, "SGD step, as now": now.step}
+            "model.train()": model.train, "SGD step, before": before.step, "SGD step, now": now.step}
     for way in ways.values():  # warm up: first calls allocate and initialise state
         for _ in range(3):
             way()
