@@ -128,7 +128,7 @@ def forward_backward(model: nn.Module, loss_fn: Callable, x: torch.Tensor, targe
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, loss and backward in train mode; gradients accumulate. Returns (loss, logits), detached."""
     if not getattr(model, "_orig_mod", model).training:
-        # Only when needed: train() walks every submodule, ~0.4 ms of host time a step for the
+        # Only when needed: train() walks every submodule, 0.2–0.4 ms of host time a step for the
         # seed model on a slow CPU (BENCHMARKS.md, "Host time per step"), which a GPU waits for.
         model.train()
     _new_step(model)
