@@ -16,14 +16,14 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers.config import get_preset
-from helpers.data import CLASSES, CIFAR10, DeviceBatches
+from helpers.data import DeviceBatches, load_cifar10
 from helpers.engine import predict
 from helpers.train import build_run, train_epoch
 
 META = torch.device("meta")
 aten = torch.ops.aten
 
-# A narrow model and 100 images: three full batches of 32 and a last, smaller one of 4.
+# A narrow model on conftest's 100 fake images: three full batches of 32 and a last, smaller one of 4.
 SMALL = ["data.batch_size=32", "data.eval_batch_size=8", "model.channels=[8,16]", "model.strides=[1,2]",
          "model.stem_channels=8", "train.num_threads=1"]
 
@@ -69,17 +69,11 @@ class HostSyncs(TorchFunctionMode):
         return self._dispatch.__exit__(*exc)
 
 
-def _data(n: int = 100, n_test: int = 20) -> CIFAR10:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n + n_test, 3, 32, 32), dtype=torch.uint8, generator=g)
-    y = torch.arange(n + n_test) % 10
-    return CIFAR10(x[:n], y[:n], x[n:], y[n:], CLASSES)
-
-
-def _meta_run(preset: str, overrides: list[str]):
+def _meta_run(root, preset: str, overrides: list[str]):
+    """``preset`` on conftest's fake CIFAR-10 (``root``), on the meta device."""
     cfg = get_preset(preset, SMALL + overrides)
     cfg.train.device = "meta"  # not a choice users get; build_run takes it as any torch device
-    return build_run(cfg, _data(), log=lambda s: None)
+    return build_run(cfg, load_cifar10(root), log=lambda s: None)
 
 
 def _prime(run) -> None:
@@ -119,8 +113,8 @@ def test_meta_reads_raise_where_a_gpu_would_wait():
     ("laptop", []),
     ("speedrun", ["model.channels=[8,8,16]", "model.strides=[2,1,2]"]),  # the whitening stem
 ], ids=["seed-cutmix", "seed-mixup", "seed-unmixed", "laptop", "speedrun"])
-def test_no_training_step_syncs(preset, overrides):
-    run = _meta_run(preset, overrides)
+def test_no_training_step_syncs(fake_root, preset, overrides):
+    run = _meta_run(fake_root, preset, overrides)
     _prime(run)
     with HostSyncs() as syncs:
         _epoch_on_meta(run, 0)
@@ -128,18 +122,18 @@ def test_no_training_step_syncs(preset, overrides):
     assert run.scheduler.last_epoch == len(run.batches)  # every step ran
 
 
-def test_an_ema_steps_without_syncing():
-    run = _meta_run("smoke", ["train.ema=0.99"])
+def test_an_ema_steps_without_syncing(fake_root):
+    run = _meta_run(fake_root, "smoke", ["train.ema=0.99"])
     _prime(run)
     with HostSyncs() as syncs:
         _epoch_on_meta(run, 0)  # the first update copies the weights, the later ones average
     assert syncs.copies == [] and int(run.ema.n_averaged) == len(run.batches) > 1
 
 
-def test_shuffling_and_prediction_do_not_sync():
+def test_shuffling_and_prediction_do_not_sync(fake_root):
     batches = DeviceBatches(torch.zeros(10, 3, 32, 32, dtype=torch.uint8), torch.zeros(10, dtype=torch.long),
                             batch_size=4, device=META)
-    model = _meta_run("laptop", []).model
+    model = _meta_run(fake_root, "laptop", []).model
     test_x = torch.zeros(20, 3, 32, 32, dtype=torch.uint8, device=META)
     predict(model, test_x[:8], (0.5,) * 3, (0.25,) * 3, batch_size=8)  # first use of the constants
     with HostSyncs() as syncs:
