@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers.checkpoint import provenance, serialise  # noqa: E402
-from helpers.config import get_preset  # noqa: E402
+from helpers.config import PRESETS, get_preset  # noqa: E402
 from helpers.engine import pick_device  # noqa: E402
 from helpers.model import build_model  # noqa: E402
 from helpers.optim import build_optimizer  # noqa: E402
@@ -63,7 +63,7 @@ def measure(state: dict, rounds: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="seed")
+    p.add_argument("--preset", default="seed", choices=sorted(PRESETS))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--rounds", type=int, default=7)
     args = p.parse_args(argv)

@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers.augment import aug_chunk  # noqa: E402
 from helpers.checkpoint import provenance  # noqa: E402
-from helpers.config import get_preset  # noqa: E402
+from helpers.config import PRESETS, get_preset  # noqa: E402
 from helpers.data import load_cifar10  # noqa: E402
 from helpers.train import build_run, train_epoch, warm_up  # noqa: E402
 
@@ -85,7 +85,7 @@ def profile_steps(cfg, data, steps: int = 0, warm: int = 10, top: int = 12, trac
                   key=lambda a: a.self_cpu_time_total, reverse=True)
     kernels = sorted((a for a in averages if a.device_type == torch.autograd.DeviceType.CUDA),
                      key=lambda a: a.self_device_time_total, reverse=True)
-    out = {"steps": steps, "batch": b, "compile": cfg.train.compile, "compile_s": compile_s,
+    out = {"device": str(run.device), "steps": steps, "batch": b, "compile": cfg.train.compile, "compile_s": compile_s,
            "wall_us_per_step": wall_us,
            "gpu_busy_us_per_step": _busy_us(prof.events()) / steps if cuda else None,
            "host_top": [{"op": a.key, "us_per_step": a.self_cpu_time_total / steps, "calls_per_step": a.count / steps}
@@ -116,7 +116,7 @@ def report(p: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="seed")
+    p.add_argument("--preset", default="seed", choices=sorted(PRESETS))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--steps", type=int, default=0, help="steps to time (default: one augmentation chunk's)")
     p.add_argument("--data-dir", default="data")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         out = profile_steps(cfg, load_cifar10(args.data_dir), steps=args.steps, trace=args.trace)
     except ValueError as e:
         p.error(str(e))
-    prov = provenance(torch.device("cuda" if out["gpu_busy_us_per_step"] is not None else "cpu"))
+    prov = provenance(torch.device(out["device"]))
     print(f"{args.preset} preset on {prov['device_name']}; torch {prov['torch']}, commit {prov['git_commit']}")
     print("\n".join(report(out)))
     return out

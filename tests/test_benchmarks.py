@@ -77,3 +77,18 @@ def test_gpu_busy_time_counts_overlapping_kernels_once():
     ev = lambda a, b, d=cuda: NS(device_type=d, time_range=NS(start=a, end=b))  # noqa: E731
     # kernels 0-10 and 5-12 overlap (12 µs busy), 20-25 after a gap; the host op does not count
     assert _busy_us([ev(20, 25), ev(0, 10), ev(5, 12), ev(0, 100, cpu), ev(6, 8)]) == 17
+
+
+def test_profile_refuses_more_steps_than_an_epoch_in_one_line(fake_root, capsys):
+    import profile_steps
+    with pytest.raises(SystemExit) as e:
+        profile_steps.main(["--preset", "smoke", "--steps", "999", "--data-dir", str(fake_root),
+                            "--set", "train.num_threads=1", "--set", "data.batch_size=16"])
+    assert e.value.code == 2 and "999 steps to profile, but an epoch has" in capsys.readouterr().err
+
+
+def test_benchmarks_refuse_an_unknown_preset_in_one_line(capsys):
+    import checkpoint
+    with pytest.raises(SystemExit) as e:
+        checkpoint.main(["--preset", "nope"])
+    assert e.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
