@@ -171,7 +171,8 @@ def run_fit(cfg, data, out: Path | None, resume: bool = False) -> dict:
         marks.append(time.perf_counter())
         print(f"  epoch {h['epoch']:3d}  wall {marks[-1] - (marks[-2] if len(marks) > 1 else t0):6.2f} s  "
               f"(train {h['time_train']:.2f}, aug {h['time_aug']:.2f}, eval {h['time_eval']:.2f}, "
-              f"checkpoint {h['time_checkpoint']:.2f})  test acc {h['test_acc']:.4f}", flush=True)
+              f"checkpoint {h['time_checkpoint']:.2f})  test acc {h['test_acc']:.4f}"
+              + (f"  host syncs {syncs[-1]}" if cuda else ""), flush=True)
 
     torch._dynamo.reset()
     cuda = torch.cuda.is_available() and pick_device(cfg.train.device).type == "cuda"
