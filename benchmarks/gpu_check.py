@@ -12,7 +12,8 @@ Measures, prints, and writes to ``--out`` (default ``runs/gpu-check``) as
 1. device, versions and commit;
 2. ms per training step of the seed model (batch 128; forward, focal loss,
    backward, SGD) for each mixing implementation, eager and compiled (CUDA
-   graphs, ``train.compile="cudagraphs"``), with compilation time, and whether a
+   graphs, ``train.compile="cudagraphs"``; and on CUDA the whole step as one
+   graph, ``train.compile="graph"``), with compilation time, and whether a
    compiled step computes what the eager one does;
 3. each block's forward + backward time per implementation, and what ``auto`` picks;
 4. augmentation throughput per chunk size (one epoch of 50,000 images: per-image
@@ -20,7 +21,8 @@ Measures, prints, and writes to ``--out`` (default ``runs/gpu-check``) as
    checkpoint costs the main thread, ``torch.save``'s defaults against ``fit``'s way;
 5. ``--epochs`` epochs of the seed preset through ``fit`` (Table 1's 200-epoch
    schedule, stopped early), with each epoch's parts: training steps,
-   augmentation, evaluation, checkpoint writing; compilation apart; 5b. ``fit``'s
+   augmentation, evaluation, checkpoint writing; compilation apart; on CUDA the
+   same again under ``train.compile="graph"``; the laptop preset; 5b. ``fit``'s
    steps under ``torch.profiler``: how busy the GPU is, and the host's top operations;
 6. with ``--full``: the whole 200-epoch run, final and per-class test accuracy
    beside the report's 92.75 %;
@@ -55,6 +57,7 @@ from helpers.checkpoint import FINISHED, RunFolder, provenance  # noqa: E402
 from helpers.config import get_preset  # noqa: E402
 from helpers.data import channel_stats, load_cifar10  # noqa: E402
 from helpers.engine import amp_dtype, compile_model, forward_backward, pick_device, train_step  # noqa: E402
+from helpers import graphs  # noqa: E402
 from helpers.losses import build_loss  # noqa: E402
 from helpers.model import build_model  # noqa: E402
 from helpers.optim import build_optimizer  # noqa: E402
@@ -93,15 +96,20 @@ def time_step(cfg, impl: str, compile_mode: str, device: torch.device, steps: in
         torch.manual_seed(1)
         ref, _ = forward_backward(eager, loss_fn, x, target, dtype)
     t = time.perf_counter()
+    if compile_mode == "graph":  # compiles, warms up and records the step as one graph
+        graph = graphs.StepGraph(net, model, loss_fn, x, target, dtype)
+        step = lambda: graph.train_step(opt, x, target)  # noqa: E731
+    else:
+        step = lambda: train_step(net, loss_fn, opt, x, target, dtype)  # noqa: E731
     for _ in range(3):  # compile; CUDA graphs warm up, record, replay
-        train_step(net, loss_fn, opt, x, target, dtype)
+        step()
     _sync(device)
     row["warmup_s"] = time.perf_counter() - t
     if net is not model:
         model.load_state_dict(eager.state_dict())
         torch.manual_seed(1)
         opt.zero_grad(set_to_none=True)
-        got, _ = forward_backward(net, loss_fn, x, target, dtype)
+        got, _ = graph(x, target) if compile_mode == "graph" else forward_backward(net, loss_fn, x, target, dtype)
         # Largest gradient difference over the largest gradient (per-tensor ratios would blow up
         # on the ~1e-9 gradients of BatchNorm biases that another BatchNorm follows).
         pairs = [(p.grad, q.grad) for p, q in zip(model.parameters(), eager.parameters()) if q.grad is not None]
@@ -114,7 +122,7 @@ def time_step(cfg, impl: str, compile_mode: str, device: torch.device, steps: in
         _sync(device)
         t = time.perf_counter()
         for _ in range(steps):
-            train_step(net, loss_fn, opt, x, target, dtype)
+            step()
         _sync(device)
         times.append((time.perf_counter() - t) / steps)
     ms = 1000 * statistics.median(times)
@@ -224,6 +232,7 @@ def markdown(rep: dict) -> str:
                  if "loss_eager" in r else "")
         lines.append(f"| {r['impl']} | {r['compile']} | {r['ms']:.2f} | {r['img_s']:,.0f} | "
                      f"{r['warmup_s']:.1f} | {check} |")
+    lines += [f"- **failed**: {e}" for e in rep.get("step_errors", [])]
     if rep["blocks"]:
         impls = list(rep["blocks"][0]["ms"])
         lines += ["", "## Each block, forward + backward, eager (ms)", "",
@@ -245,6 +254,8 @@ def markdown(rep: dict) -> str:
                   "the host, one wait, no CRC-32).", "", "| way | ms |", "|---|---|"]
         lines += [f"| {name} | {sec * 1000:.1f} |" for name, sec in c["median_s"].items()]
     for key, title in (("fit", "`fit`, {} preset (its own schedule), first epochs"),
+                       ("fit_graph", "`fit`, {} preset with the step recorded as one CUDA graph "
+                                     "(`train.compile=\"graph\"`), first epochs"),
                        ("fit_laptop", "`fit`, {} preset, first epochs"),
                        ("full", "`fit`, the full {} preset"), ("speedrun", "`fit`, the {} preset")):
         f = rep.get(key)
@@ -417,11 +428,20 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
     steps, rounds = (2, 1) if args.smoke else (args.steps, args.rounds)
     print("\n2. training step per mixing implementation", flush=True)
     compiled = [] if device.type != "cuda" and args.backend == "inductor" else args.compiled_impls.split(",")
-    for mode, impls in (("off", IMPLS), ("cudagraphs", compiled)):
+    recordable = compiled if device.type in graphs.RECORDABLE else []
+    for mode, impls in (("off", IMPLS), ("cudagraphs", compiled), ("graph", recordable)):
         for impl in impls:
             if not impl:
                 continue
-            r = time_step(cfg, impl, mode, device, steps, rounds, args.backend)
+            try:
+                r = time_step(cfg, impl, mode, device, steps, rounds, args.backend)
+            except Exception as e:  # the new whole-step graph must not cost the sections after it
+                if mode != "graph":
+                    raise
+                rep["step_errors"] = rep.get("step_errors", []) + [f"{impl}, {mode}: {type(e).__name__}: {e}"[:500]]
+                print(f"  {impl:>8} {mode:>10}: FAILED ({rep['step_errors'][-1]}); going on", flush=True)
+                save()
+                continue
             rep["steps"].append(r)
             print(f"  {impl:>8} {mode:>10}: {r['ms']:7.2f} ms/step {r['img_s']:9,.0f} img/s "
                   f"(warm-up {r['warmup_s']:.1f} s)"
@@ -456,15 +476,21 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
         print(f"  {name:10s} {sec * 1000:7.1f} ms", flush=True)
     save()
 
-    # The preset's own schedule, stopped after a few epochs; then the laptop preset (CPU-sized) here.
-    for key, name in (("fit", preset), ("fit_laptop", "smoke" if args.smoke else "laptop")):
-        fcfg = cfg if key == "fit" else get_preset(name, args.overrides)
-        epochs = min(args.epochs if key == "fit" else 3, fcfg.train.epochs)
-        print(f"\n5. fit: {name} preset, {epochs} of its {fcfg.train.epochs} epochs", flush=True)
+    # The preset's own schedule, stopped after a few epochs (as it is, and with the step recorded as
+    # one graph where it can be); then the laptop preset (CPU-sized) here.
+    runs = [("fit", preset, cfg)]
+    if device.type in graphs.RECORDABLE:
+        runs.append(("fit_graph", preset, cfg.replace(["train.compile=graph"])))
+    runs.append(("fit_laptop", "smoke" if args.smoke else "laptop", None))
+    for key, name, fcfg in runs:
+        fcfg = fcfg or get_preset(name, args.overrides)
+        epochs = min(3 if key == "fit_laptop" else args.epochs, fcfg.train.epochs)
+        print(f"\n5. fit: {name} preset, {epochs} of its {fcfg.train.epochs} epochs, "
+              f"train.compile={fcfg.train.compile}", flush=True)
         with tempfile.TemporaryDirectory(dir=args.out) as tmp:  # checkpoints are written (and timed), then dropped
             fcfg = fcfg.replace([f"train.stop_after={epochs}"] if epochs < fcfg.train.epochs else [])
             rep[key] = _summarise_fit(run_fit(fcfg, data, Path(tmp) / "run"), fcfg.train.epochs)
-            rep[key]["preset"] = name
+            rep[key].update(preset=name, compile=fcfg.train.compile)
         f = rep[key]
         print(f"  compilation {f['compile_s']:.1f} s; mean epoch after the first {f['mean_epoch_s']:.2f} s; "
               f"projected {fcfg.train.epochs} epochs: {f['projected_s'] / 60:.1f} min", flush=True)

@@ -7,7 +7,8 @@ Modules: ``config`` (hyperparameters, presets), ``data`` (CIFAR-10 reader,
 device-resident batches), ``augment`` (batched per-image augmentation,
 CutMix/MixUp), ``reference`` (the seed's DataLoader pipeline), ``model``
 (stem, mixing blocks, classifier), ``losses`` (focal loss), ``optim`` (SGD,
-OneCycle, LR range test), ``engine`` (device, one step, prediction), ``train``
+OneCycle, LR range test), ``engine`` (device, one step, prediction), ``graphs``
+(the step recorded as one CUDA graph), ``train``
 (``fit``, the command line), ``checkpoint`` (run folders), ``analysis``,
 ``plots``, ``widgets``, and ``exercises`` with ``exercise_checks`` (the
 students' exercises: building them, grading them).

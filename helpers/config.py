@@ -116,9 +116,11 @@ class TrainConfig:
     device: str = _f("auto", choices=("auto", "cpu", "cuda", "mps"))
     amp: str = _f("auto", choices=("auto", "off", "bf16", "fp16"))  # auto: bf16 on CUDA and bf16-capable CPUs
     channels_last: bool = True
-    # torch.compile the model: "cudagraphs" = mode="reduce-overhead" (CUDA graphs replay a whole
-    # step in one launch; BENCHMARKS.md, "GPU"); auto: cudagraphs on CUDA, off elsewhere
-    compile: str = _f("auto", choices=("auto", "off", "default", "cudagraphs"))
+    # torch.compile the model: "cudagraphs" = mode="reduce-overhead" (CUDA graphs replay the
+    # forward and the backward, one launch each; BENCHMARKS.md, "GPU"); "graph" (CUDA only): forward,
+    # loss and backward recorded as one CUDA graph (helpers/graphs.py); auto: cudagraphs on CUDA,
+    # off elsewhere
+    compile: str = _f("auto", choices=("auto", "off", "default", "cudagraphs", "graph"))
     eval_every: int = _f(1, lo=0)                   # test after every N-th epoch and the last; 0 = the last only
     tta_flip: bool = False                          # average logits of image and its mirror at test time
     tta_translate: int = _f(0, lo=0, hi=8)          # also average views shifted by ±(t, t) pixels; 0 = off

@@ -75,15 +75,18 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype``, or nothing for None. ``cache=False`` while recording a CUDA graph."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype,
+                                                                          cache_enabled=cache)
 
 
 # ---------------------------------------------------------------------------- compilation
 
-# train.compile → torch.compile's mode. "reduce-overhead" records the compiled step as CUDA
-# graphs: one launch replays all of the step's kernels, which is what a launch-bound step needs.
-COMPILE_MODES = {"default": "default", "cudagraphs": "reduce-overhead"}
+# train.compile → torch.compile's mode. "reduce-overhead" records the compiled model's forward and
+# backward as CUDA graphs: one launch replays each. "graph" compiles the model plainly and
+# ``helpers.graphs`` records forward, loss and backward together as one CUDA graph.
+COMPILE_MODES = {"default": "default", "cudagraphs": "reduce-overhead", "graph": "default"}
 
 
 def resolve_compile(name: str, device: torch.device) -> str:
@@ -124,15 +127,15 @@ def _new_step(model: nn.Module) -> None:
 # ---------------------------------------------------------------------------- one step
 
 def forward_backward(model: nn.Module, loss_fn: Callable, x: torch.Tensor, target: torch.Tensor,
-                     dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
+                     autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, loss and backward in train mode; gradients accumulate. Returns (loss, logits), detached."""
     if not getattr(model, "_orig_mod", model).training:
         # Only when needed: train() walks every submodule, 0.2–0.4 ms of host time a step for the
         # seed model on a slow CPU (BENCHMARKS.md, "Host time per step"), which a GPU waits for.
         model.train()
     _new_step(model)
-    with autocast(x.device, dtype):
+    with autocast(x.device, dtype, autocast_cache):
         logits = model(x)  # (B, K)
     loss = loss_fn(logits.float(), target)  # the loss in fp32: log-probabilities need the range
     (scaler.scale(loss) if scaler is not None else loss).backward()

@@ -39,6 +39,8 @@ from .config import Config, get_preset, PRESETS, apply_overrides
 from .data import CIFAR10, DataError, DeviceBatches, channel_stats, fingerprint, load_cifar10, subset
 from .engine import (PhaseTimer, amp_dtype, compile_model, evaluate, forward_backward, per_class_accuracy,
                      pick_device, predict, resolve_compile, train_step)
+from . import graphs
+from .graphs import StepGraph
 from .losses import build_loss
 from .model import WHITEN_IMAGES, build_model, whiten_stem
 from .optim import EMA, build_optimizer, build_scheduler
@@ -79,6 +81,7 @@ class Run:
     folder: RunFolder | None           # where the run is written; None: nothing is
     log: Callable[[str], None]
     ema: EMA | None = None             # an EMA of ``model``'s weights and buffers (train.ema > 0)
+    graph: StepGraph | None = None     # train.compile="graph": the step recorded by ``warm_up``
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"metric": -math.inf, "epoch": 0, "since": 0})
 
@@ -122,6 +125,8 @@ def build_run(cfg: Config, data: CIFAR10, out_dir: str | Path | RunFolder | None
                             drop_last=cfg.data.drop_last, device=device, seed=tc.seed)
     optimizer = build_optimizer(model, cfg.optim)
     dtype = amp_dtype(tc.amp, device)
+    if resolve_compile(tc.compile, device) == "graph":
+        graphs.check_recordable(device, dtype)
     eval_sets = {"test": (ds.test_x.to(device), ds.test_y.to(device))}
     if val is not None:
         eval_sets["val"] = (val[0].to(device), val[1].to(device))
@@ -145,7 +150,8 @@ def warm_up(run: Run) -> float:
 
     Returns the seconds it took (0 when not compiled). Weights, BatchNorm statistics,
     gradients and RNG states are restored afterwards, so the run computes exactly
-    what it would have computed without it.
+    what it would have computed without it. Under train.compile="graph" it also records
+    ``run.graph``.
     """
     if run.net is run.model:
         return 0.0
@@ -157,11 +163,14 @@ def warm_up(run: Run) -> float:
         x = x.contiguous(memory_format=torch.channels_last)
     target = torch.full((b, k), 1 / k, device=run.device)
     try:
-        for _ in range(3):  # CUDA graphs: the first call warms up, the second records, the third replays
-            # Fresh gradients each time, as train_step: accumulating into the last call's would read
-            # memory that the CUDA graphs own and have since reused.
-            run.model.zero_grad(set_to_none=True)
-            forward_backward(run.net, run.loss_fn, x, target, run.dtype)
+        if resolve_compile(run.cfg.train.compile, run.device) == "graph":
+            run.graph = StepGraph(run.net, run.model, run.loss_fn, x, target, run.dtype)
+        else:
+            for _ in range(3):  # CUDA graphs: the first call warms up, the second records, the third replays
+                # Fresh gradients each time, as train_step: accumulating into the last call's would read
+                # memory that the CUDA graphs own and have since reused.
+                run.model.zero_grad(set_to_none=True)
+                forward_backward(run.net, run.loss_fn, x, target, run.dtype)
     finally:  # also when compiling fails, so that the run can go on eagerly from the same state
         run.model.zero_grad(set_to_none=True)
         run.model.load_state_dict(weights)  # copies in place: the graphs keep pointing at the weights
@@ -262,8 +271,11 @@ def train_epoch(run: Run, epoch: int, start: int = 0, partial: dict | None = Non
                 if run.cfg.train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 # The last, smaller batch runs eagerly: a compiled step keeps one shape.
-                net = run.net if len(x) == b else run.model
-                loss, logits = train_step(net, run.loss_fn, run.optimizer, x, target, run.dtype, run.scaler)
+                if run.graph is not None and len(x) == b:
+                    loss, logits = run.graph.train_step(run.optimizer, x, target)
+                else:
+                    net = run.net if len(x) == b else run.model
+                    loss, logits = train_step(net, run.loss_fn, run.optimizer, x, target, run.dtype, run.scaler)
                 run.scheduler.step()
                 if run.ema is not None:
                     run.ema.update_parameters(run.model)

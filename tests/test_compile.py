@@ -149,5 +149,5 @@ def test_a_failed_compile_falls_back_to_the_eager_model(data, monkeypatch):
 
 
 def test_an_unknown_compile_mode_names_the_choices():
-    with pytest.raises(ValueError, match="train.compile must be one of 'auto', 'off', 'default', 'cudagraphs'"):
+    with pytest.raises(ValueError, match="train.compile must be one of 'auto', 'off', 'default', 'cudagraphs', 'graph'"):
         get_preset("smoke", ["train.compile=fast"])
