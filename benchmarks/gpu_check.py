@@ -428,7 +428,8 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
     steps, rounds = (2, 1) if args.smoke else (args.steps, args.rounds)
     print("\n2. training step per mixing implementation", flush=True)
     compiled = [] if device.type != "cuda" and args.backend == "inductor" else args.compiled_impls.split(",")
-    recordable = compiled if device.type in graphs.RECORDABLE else []
+    # The whole step as one graph: the preset's own implementation only (one more compilation, not three)
+    recordable = [cfg.model.mix_impl] if any(compiled) and device.type in graphs.RECORDABLE else []
     for mode, impls in (("off", IMPLS), ("cudagraphs", compiled), ("graph", recordable)):
         for impl in impls:
             if not impl:

@@ -150,8 +150,8 @@ def test_a_failed_graph_recording_is_reported_and_the_check_goes_on(fake_root, t
                  "--out", str(tmp_path), "--set", "data.batch_size=8"])
     assert stop.value.code == 7
     rep = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert ["stacked, graph: RuntimeError: operation not permitted when stream is capturing"] == rep["step_errors"]
-    assert "**failed**: stacked, graph" in (tmp_path / "gpu_check.md").read_text()
+    assert ["auto, graph: RuntimeError: operation not permitted when stream is capturing"] == rep["step_errors"]
+    assert "**failed**: auto, graph" in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_the_speedrun_training_time_leaves_out_the_compilation_once():
