@@ -139,7 +139,10 @@ def test_a_failed_graph_recording_is_reported_and_the_check_goes_on(fake_root, t
         raise RuntimeError("operation not permitted when stream is capturing")
     monkeypatch.setattr(graphs, "RECORDABLE", {"cuda", "cpu"})
     monkeypatch.setattr(graphs, "cuda_capture", broken)
-    monkeypatch.setattr(gc, "IMPLS", ())  # no eager rows; sections 3 on are not what this test is about
+    timed = gc.time_step  # only the graph row is really timed; sections 3 on are not what this test is about
+    monkeypatch.setattr(gc, "time_step", lambda cfg, impl, mode, *a, **k: timed(cfg, impl, mode, *a, **k)
+                        if mode == "graph" else {"impl": impl, "compile": mode, "ms": 1.0, "img_s": 1.0, "warmup_s": 0.0})
+    monkeypatch.setattr(gc, "compile_model", lambda model, *a, **k: model)  # recording fails, compiled or not
     monkeypatch.setattr(gc, "time_blocks", lambda *a, **k: [])
     monkeypatch.setattr(gc, "print_blocks", lambda *a, **k: None)
     monkeypatch.setattr(gc, "time_augment", lambda *a, **k: [])
