@@ -201,8 +201,11 @@ def run_fit(cfg, data, out: Path | None, resume: bool = False) -> dict:
         walls[0] -= compile_s
     if result.meta.get("compile_error"):
         print(f"  COMPILING FAILED, so these epochs ran eagerly: {result.meta['compile_error']}", flush=True)
+    if result.meta.get("graph_error"):
+        print(f"  RECORDING THE STEP AS ONE GRAPH FAILED, so these epochs ran with train.compile=cudagraphs: "
+              f"{result.meta['graph_error']}", flush=True)
     return {"status": result.status, "compile_s": compile_s, "total_s": time.perf_counter() - t0,
-            "compile_error": result.meta.get("compile_error"),
+            "compile_error": result.meta.get("compile_error"), "graph_error": result.meta.get("graph_error"),
             "host_syncs_per_epoch": syncs if cuda else None,
             "host_sync_sites": [f"{site}: {n}" for site, n in sites.most_common(8)] if cuda else None,
             "epoch_wall_s": walls, "history": result.history, "per_class": result.per_class,
@@ -264,6 +267,9 @@ def markdown(rep: dict) -> str:
         lines += ["", f"## {title.format(f.get('preset', rep['preset']))}", ""]
         if f.get("compile_error"):
             lines += [f"**Compiling failed, so these epochs ran eagerly:** {f['compile_error']}", ""]
+        if f.get("graph_error"):
+            lines += ["**Recording the step as one CUDA graph failed, so these epochs ran with "
+                      f"`train.compile=cudagraphs`:** {f['graph_error']}", ""]
         lines += [f"Compilation (apart): {f['compile_s']:.1f} s. Status: {f['status']}. "
                   f"Total wall time: {f['total_s']:.1f} s.", "",
                   "| epoch | wall s | train s | aug s | eval s | checkpoint s | test acc |", "|---|---|---|---|---|---|---|"]

@@ -163,9 +163,16 @@ def warm_up(run: Run) -> float:
         x = x.contiguous(memory_format=torch.channels_last)
     target = torch.full((b, k), 1 / k, device=run.device)
     try:
-        if resolve_compile(run.cfg.train.compile, run.device) == "graph":
-            run.graph = StepGraph(run.net, run.model, run.loss_fn, x, target, run.dtype)
-        else:
+        graph = resolve_compile(run.cfg.train.compile, run.device) == "graph"
+        if graph:
+            try:
+                run.graph = StepGraph(run.net, run.model, run.loss_fn, x, target, run.dtype)
+            except Exception as e:  # compiling may have worked: go on with torch's own CUDA graphs
+                run.meta["graph_error"] = _one_line(e)
+                run.log(f"Recording the step as one CUDA graph failed ({run.meta['graph_error']}); "
+                        "training with train.compile='cudagraphs' instead")
+                run.net, graph = compile_model(run.model, "cudagraphs", run.device), False
+        if not graph:
             for _ in range(3):  # CUDA graphs: the first call warms up, the second records, the third replays
                 # Fresh gradients each time, as train_step: accumulating into the last call's would read
                 # memory that the CUDA graphs own and have since reused.
@@ -178,6 +185,12 @@ def warm_up(run: Run) -> float:
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
+
+
+def _one_line(e: Exception) -> str:
+    """An exception as one line of at most ~300 characters (torch's errors run to pages)."""
+    why = " ".join(line.strip() for line in str(e).splitlines() if line.strip())[:300]
+    return f"{type(e).__name__}: {why}"
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -431,8 +444,7 @@ def _fit(cfg: Config, data: CIFAR10 | None, folder: RunFolder | None, resume: st
                 "(not counted in the epoch times)")
         except Exception as e:  # e.g. no C compiler or Triton here: the eager model trains the same
             run.net = run.model
-            why = " ".join(line.strip() for line in str(e).splitlines() if line.strip())[:300]
-            run.meta["compile_error"] = f"{type(e).__name__}: {why}"
+            run.meta["compile_error"] = _one_line(e)
             log(f"Compiling failed ({run.meta['compile_error']}); training without compilation "
                 "(set train.compile=off to skip the attempt)")
     if folder is not None:

@@ -75,9 +75,11 @@ def on_cpu(monkeypatch):
     return replays
 
 
-def test_a_graphed_run_trains_exactly_as_the_eager_one(data, on_cpu):
-    eager = fit(get_preset("smoke", SMALL + ["train.compile=off"]), data, **QUIET)
-    graphed = fit(get_preset("smoke", SMALL + ["train.compile=graph"]), data, **QUIET)
+@pytest.mark.parametrize("extra", [[], ["train.ema=0.9", "train.channels_last=True", "model.stem_whiten=True"]],
+                         ids=["plain", "ema-channels_last-frozen_stem"])
+def test_a_graphed_run_trains_exactly_as_the_eager_one(data, on_cpu, extra):
+    eager = fit(get_preset("smoke", SMALL + extra + ["train.compile=off"]), data, **QUIET)
+    graphed = fit(get_preset("smoke", SMALL + extra + ["train.compile=graph"]), data, **QUIET)
     assert graphed.status == eager.status == "completed" and not graphed.meta.get("compile_error")
     assert len(on_cpu) == 3 * 3  # three full batches an epoch replayed; the last, smaller one eager
     assert _strip_time(graphed.history) == _strip_time(eager.history)
@@ -128,3 +130,21 @@ def test_step_graph_computes_the_eager_step_into_the_same_tensors():
     model.zero_grad(set_to_none=True)  # as an eager step does: the next call puts the graph's gradients back
     graph(x2, t2)
     assert all(p.grad is g for p, g in zip(graph.params, graph.grads))
+
+
+def test_a_failed_recording_trains_with_torchs_cuda_graphs_instead(data, on_cpu, monkeypatch):
+    def broken(fn):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    class Broken(graphs_mod.StepGraph):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **{**k, "capture": broken})
+    monkeypatch.setattr(train_mod, "StepGraph", Broken)
+    said = []
+    r = fit(get_preset("smoke", SMALL + ["train.compile=graph", "train.stop_after=1"]), data, progress=False, log=said.append)
+    eager = fit(get_preset("smoke", SMALL + ["train.compile=off", "train.stop_after=1"]), data, **QUIET)
+    assert r.status == "stop_after" and "stream is capturing" in r.meta["graph_error"]
+    assert not r.meta.get("compile_error") and len(on_cpu) == 0
+    assert any("training with train.compile='cudagraphs' instead" in s for s in said)
+    # the failed attempt's warm-up left nothing behind: the same numbers as a run without it
+    assert _strip_time(r.history) == _strip_time(eager.history)
