@@ -307,9 +307,10 @@ def markdown(rep: dict) -> str:
                       "| class | this run | report |", "|---|---|---|"]
             lines += [f"| {c} | {a:.2f} | {REPORT_PER_CLASS.get(c, float('nan')):.2f} |"
                       for c, a in f["per_class"].items()]
-    if rep.get("profile") or rep.get("profile_error"):
-        lines += ["", "## Where a training step's time goes (`fit`'s steps under torch.profiler)", ""]
-        lines += profile_report(rep["profile"]) if rep.get("profile") else [f"**Failed:** {rep['profile_error']}"]
+    for key, how in (("profile", ""), ("profile_graph", ", the step recorded as one CUDA graph")):
+        if rep.get(key) or rep.get(f"{key}_error"):
+            lines += ["", f"## Where a training step's time goes (`fit`'s steps under torch.profiler{how})", ""]
+            lines += profile_report(rep[key]) if rep.get(key) else [f"**Failed:** {rep[f'{key}_error']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -503,15 +504,19 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
               f"projected {fcfg.train.epochs} epochs: {f['projected_s'] / 60:.1f} min", flush=True)
         save()
 
-    print(f"\n5b. profile: fit's training steps, {preset} preset", flush=True)
-    try:
-        rep["profile"] = profile_steps(cfg, data)
-        print("\n".join("  " + line for line in profile_report(rep["profile"])[:2] if line), flush=True)
-    except Exception as e:  # a diagnostic: its failure must not cost the sections after it
-        rep["profile_error"] = f"{type(e).__name__}: {e}"[:500]
-        print(f"  PROFILING FAILED ({rep['profile_error']}); going on", flush=True)
-    save()
-
+    # fit's steps as they are, and (where it can record) with the step recorded as one graph
+    profiled = [("profile", cfg)]
+    if "fit_graph" in rep:  # where the step can be recorded
+        profiled.append(("profile_graph", cfg.replace(["train.compile=graph"])))
+    for key, pcfg in profiled:
+        print(f"\n5b. profile: fit's training steps, {preset} preset, train.compile={pcfg.train.compile}", flush=True)
+        try:
+            rep[key] = profile_steps(pcfg, data)
+            print("\n".join("  " + line for line in profile_report(rep[key])[:2] if line), flush=True)
+        except Exception as e:  # a diagnostic: its failure must not cost the sections after it
+            rep[f"{key}_error"] = f"{type(e).__name__}: {e}"[:500]
+            print(f"  PROFILING FAILED ({rep[f'{key}_error']}); going on", flush=True)
+        save()
 
 
 if __name__ == "__main__":

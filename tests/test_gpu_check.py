@@ -169,3 +169,36 @@ def test_the_speedrun_training_time_leaves_out_the_compilation_once():
                           "git_commit": "c"}, "date": "d", "preset": "seed", "batch": 128, "steps": [], "blocks": [],
            "augment": [], "speedrun": f}
     assert "Training time, compilation apart: 10.0 s" in markdown(rep)
+
+
+@pytest.mark.slow
+def test_where_the_step_can_be_recorded_fit_and_the_profile_run_both_ways(fake_root, tmp_path, monkeypatch):
+    """Sections 5 and 5b with train.compile="graph" beside the default, on a CPU: replaying runs the
+    step again (the stand-in for the CUDA recording), compiling uses torch.compile's eager backend."""
+    import functools
+    from benchmarks import gpu_check as gc
+    from helpers import graphs
+    import helpers.train as train_mod
+    from helpers.engine import compile_model
+    monkeypatch.setattr(graphs, "RECORDABLE", {"cuda", "cpu"})
+    monkeypatch.setattr(graphs, "cuda_capture", lambda fn: (fn(), (fn, None))[1])
+    monkeypatch.setattr(train_mod, "compile_model", functools.partial(compile_model, backend="eager"))
+    monkeypatch.setattr(gc, "time_step", lambda cfg, impl, mode, *a, **k:
+                        {"impl": impl, "compile": mode, "ms": 1.0, "img_s": 1.0, "warmup_s": 0.0})
+    monkeypatch.setattr(gc, "time_blocks", lambda *a, **k: [])  # sections 2-4 are not what this test is about
+    monkeypatch.setattr(gc, "print_blocks", lambda *a, **k: None)
+    monkeypatch.setattr(gc, "time_augment", lambda *a, **k: [])
+    monkeypatch.setattr(gc, "time_checkpoint", lambda *a, **k: {})
+    code = gc.main(["--smoke", "--backend", "aot_eager", "--compiled-impls", "stacked", "--epochs", "2",
+                    "--data-dir", str(fake_root), "--out", str(tmp_path), "--set", "data.batch_size=16",
+                    "--set", "train.compile=off"])
+    assert code == 0
+    rep = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert ("auto", "graph") in {(r["impl"], r["compile"]) for r in rep["steps"]}
+    f = rep["fit_graph"]
+    assert f["compile"] == "graph" and f["status"] == "completed" and len(f["history"]) == 2
+    assert not f["graph_error"] and not f["compile_error"]
+    assert rep["fit"]["compile"] == "off" and rep["profile"]["compile"] == "off"
+    assert rep["profile_graph"]["compile"] == "graph" and rep["profile_graph"]["wall_us_per_step"] > 0
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "with the step recorded as one CUDA graph" in md and "torch.profiler, the step recorded as one CUDA graph" in md
