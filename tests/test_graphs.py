@@ -61,9 +61,10 @@ def data(fake_root):
 
 @pytest.fixture
 def on_cpu(monkeypatch):
-    """Let fit record "graphs" on the CPU: the strict stand-in, and torch.compile's eager backend
-    (dynamo traces, kernels as eager: the same numbers as no compilation). Lists the replays."""
-    replays = []
+    """Let fit record "graphs" on the CPU: the strict stand-in, and torch.compile with a backend that
+    counts the graphs it is handed and runs them as eager. Lists the replays; ``.compiled`` counts."""
+    class Replays(list):
+        compiled = 0
 
     class CPUStepGraph(graphs_mod.StepGraph):
         def __init__(self, net, model, loss_fn, x, target, dtype, warmup=3, capture=None):
@@ -71,7 +72,11 @@ def on_cpu(monkeypatch):
 
     monkeypatch.setattr(graphs_mod, "RECORDABLE", {"cuda", "cpu"})
     monkeypatch.setattr(train_mod, "StepGraph", CPUStepGraph)
-    monkeypatch.setattr(train_mod, "compile_model", functools.partial(compile_model, backend="eager"))
+    def counting(gm, example_inputs):  # dynamo hands each graph it compiles to its backend once
+        replays.compiled += 1
+        return gm.forward  # kernels as eager: the same numbers as no compilation
+    replays = Replays()
+    monkeypatch.setattr(train_mod, "compile_model", functools.partial(compile_model, backend=counting))
     return replays
 
 
@@ -82,6 +87,7 @@ def test_a_graphed_run_trains_exactly_as_the_eager_one(data, on_cpu, extra):
     graphed = fit(get_preset("smoke", SMALL + extra + ["train.compile=graph"]), data, **QUIET)
     assert graphed.status == eager.status == "completed" and not graphed.meta.get("compile_error")
     assert len(on_cpu) == 3 * 3  # three full batches an epoch replayed; the last, smaller one eager
+    assert on_cpu.compiled == 1  # compiled once, in the warm-up: recording the same step compiles nothing
     assert _strip_time(graphed.history) == _strip_time(eager.history)
     for (name, a), b in zip(graphed.model.state_dict().items(), eager.model.state_dict().values()):
         assert torch.equal(a, b), name
