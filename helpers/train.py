@@ -440,8 +440,8 @@ def _fit(cfg: Config, data: CIFAR10 | None, folder: RunFolder | None, resume: st
     if start_epoch < tc.epochs and run.net is not run.model:
         try:
             run.meta["compile_s"] = warm_up(run)
-            log(f"Compiled ({resolve_compile(tc.compile, run.device)}) in {run.meta['compile_s']:.1f} s "
-                "(not counted in the epoch times)")
+            mode = "cudagraphs" if run.meta.get("graph_error") else resolve_compile(tc.compile, run.device)
+            log(f"Compiled ({mode}) in {run.meta['compile_s']:.1f} s (not counted in the epoch times)")
         except Exception as e:  # e.g. no C compiler or Triton here: the eager model trains the same
             run.net = run.model
             run.meta["compile_error"] = _one_line(e)

@@ -152,5 +152,6 @@ def test_a_failed_recording_trains_with_torchs_cuda_graphs_instead(data, on_cpu,
     assert r.status == "stop_after" and "stream is capturing" in r.meta["graph_error"]
     assert not r.meta.get("compile_error") and len(on_cpu) == 0
     assert any("training with train.compile='cudagraphs' instead" in s for s in said)
+    assert any(s.startswith("Compiled (cudagraphs)") for s in said)
     # the failed attempt's warm-up left nothing behind: the same numbers as a run without it
     assert _strip_time(r.history) == _strip_time(eager.history)
