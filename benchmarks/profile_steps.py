@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=0, help="steps to time (default: one augmentation chunk's)")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--trace", help="also write a Chrome trace to this file")
+    p.add_argument("--commit", help="the commit to report, where the checkout is a copy without (current) git metadata")
     args = p.parse_args(argv)
     cfg = get_preset(args.preset, args.overrides)
     try:
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as e:
         p.error(str(e))
     prov = provenance(torch.device(out["device"]))
-    print(f"{args.preset} preset on {prov['device_name']}; torch {prov['torch']}, commit {prov['git_commit']}")
+    print(f"{args.preset} preset on {prov['device_name']}; torch {prov['torch']}, commit {args.commit or prov['git_commit']}")
     print("\n".join(report(out)))
     return out
 

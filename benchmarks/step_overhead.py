@@ -80,11 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--commit", help="the commit to report, where the checkout is a copy without (current) git metadata")
     args = p.parse_args(argv)
     device = pick_device(args.device)
     prov = provenance(device)
     print(f"host time per step, seed model's structure at 2 channels, batch 2, eager, on {prov['device_name']} "
-          f"({device}); torch {prov['torch']}, commit {prov['git_commit']}; median of {args.rounds} rounds "
+          f"({device}); torch {prov['torch']}, commit {args.commit or prov['git_commit']}; median of {args.rounds} rounds "
           f"of {args.steps}")
     us = measure(device, args.steps, args.rounds)
     for name, t in us.items():
