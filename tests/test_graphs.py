@@ -77,7 +77,9 @@ def on_cpu(monkeypatch):
         return gm.forward  # kernels as eager: the same numbers as no compilation
     replays = Replays()
     monkeypatch.setattr(train_mod, "compile_model", functools.partial(compile_model, backend=counting))
-    return replays
+    torch._dynamo.reset()
+    yield replays
+    torch._dynamo.reset()  # dynamo's cache keeps this backend's code for the model: later tests must compile afresh
 
 
 @pytest.mark.parametrize("extra", [[], ["train.ema=0.9", "train.channels_last=True", "model.stem_whiten=True"]],
