@@ -41,10 +41,10 @@ from .config import Config
 from .data import PROJECT
 from .engine import cpu_info
 
-# Keys that may differ between a checkpoint and the config that resumes it:
-# they change where or how fast the run goes, not what it computes.
 # How a fit call ends when the run is done (RunFolder.status); every other status can be resumed.
 FINISHED = frozenset({"completed", "early_stop"})
+# Keys that may differ between a checkpoint and the config that resumes it:
+# they change where or how fast the run goes, not what it computes.
 RESUME_SAFE = {"train.stop_after", "train.device", "train.compile", "train.num_threads",
                "data.root", "data.eval_batch_size", "data.aug_chunk"}
 

@@ -39,8 +39,7 @@ from .config import Config, get_preset, PRESETS, apply_overrides
 from .data import CIFAR10, DataError, DeviceBatches, channel_stats, fingerprint, load_cifar10, subset
 from .engine import (PhaseTimer, amp_dtype, compile_model, evaluate, forward_backward, per_class_accuracy,
                      pick_device, predict, resolve_compile, train_step)
-from . import graphs
-from .graphs import StepGraph
+from .graphs import StepGraph, check_recordable
 from .losses import build_loss
 from .model import WHITEN_IMAGES, build_model, whiten_stem
 from .optim import EMA, build_optimizer, build_scheduler
@@ -126,7 +125,7 @@ def build_run(cfg: Config, data: CIFAR10, out_dir: str | Path | RunFolder | None
     optimizer = build_optimizer(model, cfg.optim)
     dtype = amp_dtype(tc.amp, device)
     if resolve_compile(tc.compile, device) == "graph":
-        graphs.check_recordable(device, dtype)
+        check_recordable(device, dtype)
     eval_sets = {"test": (ds.test_x.to(device), ds.test_y.to(device))}
     if val is not None:
         eval_sets["val"] = (val[0].to(device), val[1].to(device))
@@ -163,16 +162,8 @@ def warm_up(run: Run) -> float:
         x = x.contiguous(memory_format=torch.channels_last)
     target = torch.full((b, k), 1 / k, device=run.device)
     try:
-        graph = resolve_compile(run.cfg.train.compile, run.device) == "graph"
-        if graph:
-            try:
-                run.graph = StepGraph(run.net, run.model, run.loss_fn, x, target, run.dtype)
-            except Exception as e:  # compiling may have worked: go on with torch's own CUDA graphs
-                run.meta["graph_error"] = _one_line(e)
-                run.log(f"Recording the step as one CUDA graph failed ({run.meta['graph_error']}); "
-                        "training with train.compile='cudagraphs' instead")
-                run.net, graph = compile_model(run.model, "cudagraphs", run.device), False
-        if not graph:
+        recorded = resolve_compile(run.cfg.train.compile, run.device) == "graph" and _record(run, x, target)
+        if not recorded:
             for _ in range(3):  # CUDA graphs: the first call warms up, the second records, the third replays
                 # Fresh gradients each time, as train_step: accumulating into the last call's would read
                 # memory that the CUDA graphs own and have since reused.
@@ -185,6 +176,20 @@ def warm_up(run: Run) -> float:
     if run.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
+
+
+def _record(run: Run, x: torch.Tensor, target: torch.Tensor) -> bool:
+    """train.compile="graph": record ``run.graph``; if that fails, say why and switch ``run.net`` to
+    torch's own CUDA graphs ("cudagraphs"; compiling may well have worked). Whether it recorded."""
+    try:
+        run.graph = StepGraph(run.net, run.model, run.loss_fn, x, target, run.dtype)
+        return True
+    except Exception as e:
+        run.meta["graph_error"] = _one_line(e)
+        run.log(f"Recording the step as one CUDA graph failed ({run.meta['graph_error']}); "
+                "training with train.compile='cudagraphs' instead")
+        run.net = compile_model(run.model, "cudagraphs", run.device)
+        return False
 
 
 def _one_line(e: Exception) -> str:
