@@ -29,8 +29,15 @@ Measures, prints, and writes to ``--out`` (default ``runs/gpu-check``) as
 7. with ``--speedrun``: the whole ``speedrun`` preset (the short-schedule recipe),
    its training time without compilation, and its accuracy beside 93 % and the report's.
 
+Sections 1-5b keep to ``--budget`` seconds (default 420, so that with start-up the command
+takes under 8 minutes): the eager steps, blocks, augmentation and checkpoint always run; each
+compilation, ``fit`` and profile only if its estimated cost (from what this run has measured so far)
+still fits, in the order above except that the implementations other than the preset's own are
+compiled after section 5 (2b). What is skipped is printed and listed in the report; ``--budget 0``
+runs everything.
+
 Every figure is what this run measured; nothing is looked up or estimated,
-except the line marked "projected".
+except the line marked "projected" (and the budget's estimates, which only decide what runs).
 """
 from __future__ import annotations
 
@@ -56,7 +63,8 @@ from helpers.augment import BatchAugment  # noqa: E402
 from helpers.checkpoint import FINISHED, RunFolder, provenance  # noqa: E402
 from helpers.config import get_preset  # noqa: E402
 from helpers.data import channel_stats, load_cifar10  # noqa: E402
-from helpers.engine import amp_dtype, compile_model, forward_backward, pick_device, train_step  # noqa: E402
+from helpers.engine import (amp_dtype, compile_model, forward_backward, pick_device, resolve_compile,  # noqa: E402
+                            train_step)
 from helpers import graphs  # noqa: E402
 from helpers.losses import build_loss  # noqa: E402
 from helpers.model import build_model  # noqa: E402
@@ -70,6 +78,53 @@ IMPLS = ("naive", "stacked", "kernel", "auto")
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------- the time budget
+
+# A compilation's cost until this run has measured one: the slowest cold one seen so far (60.6 s,
+# the third H200 in BENCHMARKS.md; 21-43 s on the others).
+COMPILE_GUESS_S = 60.0
+FIRST_EPOCH_S = 15.0  # cuDNN's algorithm search and the first chunk: 14.7 s on the first H200, compilation apart
+EPOCH_GUESS_S = 4.0   # a seed-preset epoch until one is measured here (2.4-3.7 s on three H200s)
+
+
+class Budget:
+    """The check's wall-clock budget (``--budget``): what is not essential runs only if it still fits.
+
+    Estimates are this run's own measurements where it has them (the slowest compilation so far, the
+    seed preset's epoch), else the guesses above. What does not fit is skipped, printed and listed in
+    the report: it is never run half. ``seconds`` 0: no limit.
+    """
+
+    def __init__(self, seconds: float, clock=time.perf_counter):
+        self.seconds, self.clock, self.start = seconds, clock, clock()
+        self.skipped: list[str] = []
+        self._compile: float | None = None    # the slowest compilation measured so far
+        self.epoch_s: float | None = None     # the seed preset's epoch, once ``fit`` has measured it
+
+    @property
+    def compile_s(self) -> float:
+        return COMPILE_GUESS_S if self._compile is None else self._compile
+
+    def compiling(self, cfg, device: torch.device) -> float:
+        """The estimated compilation of a run of ``cfg`` on ``device``: 0 where it does not compile."""
+        return 0.0 if resolve_compile(cfg.train.compile, device) == "off" else self.compile_s
+
+    def measured_compile(self, seconds: float) -> None:
+        self._compile = max(self._compile or 0.0, seconds)
+
+    def left(self) -> float:
+        return float("inf") if not self.seconds else self.seconds - (self.clock() - self.start)
+
+    def fits(self, what: str, cost_s: float) -> bool:
+        """Whether ``what``, estimated at ``cost_s``, fits in what is left; if not, it is recorded as skipped."""
+        left = self.left()
+        if cost_s <= left:
+            return True
+        self.skipped.append(f"{what} (estimated {cost_s:.0f} s, {max(left, 0):.0f} s left)")
+        print(f"  skipped, to stay within --budget {self.seconds:.0f} s: {self.skipped[-1]}", flush=True)
+        return False
 
 
 # ---------------------------------------------------------------------------- 2. step time
@@ -311,6 +366,13 @@ def markdown(rep: dict) -> str:
         if rep.get(key) or rep.get(f"{key}_error"):
             lines += ["", f"## Where a training step's time goes (`fit`'s steps under torch.profiler{how})", ""]
             lines += profile_report(rep[key]) if rep.get(key) else [f"**Failed:** {rep[f'{key}_error']}"]
+    b = rep.get("budget")
+    if b and "used_s" in b:
+        lines += ["", "## Time", "", f"Sections 1-5b took {b['used_s']:.0f} s"
+                  + (f" (budget `--budget {b['seconds']:.0f}`)." if b["seconds"] else " (no budget).")]
+        if b["skipped"]:
+            lines += ["", "Skipped to stay within the budget (`--budget 0` runs everything):", ""]
+            lines += [f"- {what}" for what in b["skipped"]]
     return "\n".join(lines) + "\n"
 
 
@@ -344,8 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=5, help="seed-preset epochs timed through fit (default 5)")
     p.add_argument("--steps", type=int, default=50, help="timed steps per round in the step benchmark")
     p.add_argument("--rounds", type=int, default=3, help="rounds per step benchmark (median reported)")
-    p.add_argument("--compiled-impls", default="naive,stacked,kernel",
-                   help="implementations timed compiled too (each compiles for ~30-50 s)")
+    p.add_argument("--compiled-impls", default="stacked,naive,kernel",
+                   help="implementations timed compiled too (each compiles for 20-60 s); the first "
+                        "(or the preset's own) early, the rest after section 5, as --budget allows")
+    p.add_argument("--budget", type=float, default=420,
+                   help="seconds for sections 1-5b (default 420: with start-up, under 8 minutes); what "
+                        "would not fit is skipped and listed; 0: no limit. --full/--speedrun are not counted")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (tests use aot_eager)")
     p.add_argument("--speedrun", action="store_true", help="also train the whole speedrun preset (about a minute)")
     p.add_argument("--skip-bench", action="store_true", help="with --full / --speedrun: only those runs")
@@ -358,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field of the timed preset")
     args = p.parse_args(argv)
+    budget = Budget(args.budget)  # from here: imports and start-up are the only time it does not count
 
     preset = "smoke" if args.smoke else "seed"
     cfg = get_preset(preset, args.overrides)
@@ -389,7 +456,14 @@ def main(argv: list[str] | None = None) -> int:
         data = type(data)(data.train_x[:train_n], data.train_y[:train_n], data.test_x[:test_n],
                           data.test_y[:test_n], data.classes)
     if not args.skip_bench:
-        bench(args, rep, cfg, data, device, save)
+        rep["budget"] = {"seconds": args.budget, "skipped": budget.skipped}  # the list fills as bench goes
+        bench(args, rep, cfg, data, device, save, budget)
+        rep["budget"]["used_s"] = budget.clock() - budget.start
+        print(f"\nsections 1-5b: {rep['budget']['used_s']:.0f} s"
+              + (f" (budget {args.budget:.0f} s)" if args.budget else "")
+              + (f"; skipped to stay within it: {len(budget.skipped)} (--budget 0 runs everything)"
+                 if budget.skipped else ""), flush=True)
+        save()
     if args.full:
         run = Path(args.full_dir) if args.full_dir else out / "full-run"
         print(f"\n6. fit: the full {preset} preset ({cfg.train.epochs} epochs) into {run}"
@@ -429,17 +503,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
-    """Sections 2-5: step time, blocks, augmentation, a few epochs of fit."""
+def bench(args, rep: dict, cfg, data, device: torch.device, save, budget: Budget) -> None:
+    """Sections 2-5b: step time, blocks, augmentation, a few epochs of fit, a profile of its steps.
+
+    In order of what matters most, so that ``budget`` leaves out the least useful: every eager step,
+    the preset's own implementation compiled (both ways), blocks, augmentation and the checkpoint
+    (seconds, always); then ``fit`` (the seed preset both ways, the laptop preset); then the other
+    implementations compiled (2b) and the profiles (5b).
+    """
     preset = rep["preset"]
     steps, rounds = (2, 1) if args.smoke else (args.steps, args.rounds)
-    print("\n2. training step per mixing implementation", flush=True)
-    compiled = [] if device.type != "cuda" and args.backend == "inductor" else args.compiled_impls.split(",")
+    compiled = [] if device.type != "cuda" and args.backend == "inductor" else [i for i in args.compiled_impls.split(",") if i]
+    # The preset's own implementation first, else the list's first (the default lists "stacked" first:
+    # what "auto" picks for the seed model's blocks on CUDA); the rest in 2b, if the budget allows.
+    first = [i for i in compiled if i == cfg.model.mix_impl] or compiled[:1]
     # The whole step as one graph: the preset's own implementation only (one more compilation, not three)
-    recordable = [cfg.model.mix_impl] if any(compiled) and device.type in graphs.RECORDABLE else []
-    for mode, impls in (("off", IMPLS), ("cudagraphs", compiled), ("graph", recordable)):
+    recordable = [cfg.model.mix_impl] if compiled and device.type in graphs.RECORDABLE else []
+
+    def step_rows(mode: str, impls: list[str]) -> None:
         for impl in impls:
-            if not impl:
+            if mode != "off" and not budget.fits(f"2. {impl} step, compile={mode}", budget.compile_s + 10):
                 continue
             try:
                 r = time_step(cfg, impl, mode, device, steps, rounds, args.backend)
@@ -450,6 +533,8 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
                 print(f"  {impl:>8} {mode:>10}: FAILED ({rep['step_errors'][-1]}); going on", flush=True)
                 save()
                 continue
+            if mode != "off":
+                budget.measured_compile(r["warmup_s"])
             rep["steps"].append(r)
             print(f"  {impl:>8} {mode:>10}: {r['ms']:7.2f} ms/step {r['img_s']:9,.0f} img/s "
                   f"(warm-up {r['warmup_s']:.1f} s)"
@@ -458,6 +543,11 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
                      + ("" if r["grads_finite"] else ", NON-FINITE GRADIENTS") if "loss_eager" in r else ""),
                   flush=True)
             save()
+
+    print("\n2. training step per mixing implementation", flush=True)
+    step_rows("off", list(IMPLS))
+    step_rows("cudagraphs", first)
+    step_rows("graph", recordable)
 
     print("\n3. each block per implementation (eager)", flush=True)
     torch.manual_seed(0)
@@ -493,6 +583,10 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
     for key, name, fcfg in runs:
         fcfg = fcfg or get_preset(name, args.overrides)
         epochs = min(3 if key == "fit_laptop" else args.epochs, fcfg.train.epochs)
+        what = f"5. fit: {name} preset, {epochs} epochs, train.compile={fcfg.train.compile}"
+        epoch_s = budget.epoch_s or EPOCH_GUESS_S  # the laptop preset's epochs are shorter: an upper bound
+        if not budget.fits(what, budget.compiling(fcfg, device) + FIRST_EPOCH_S + epochs * epoch_s):
+            continue
         print(f"\n5. fit: {name} preset, {epochs} of its {fcfg.train.epochs} epochs, "
               f"train.compile={fcfg.train.compile}", flush=True)
         with tempfile.TemporaryDirectory(dir=args.out) as tmp:  # checkpoints are written (and timed), then dropped
@@ -500,15 +594,26 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
             rep[key] = _summarise_fit(run_fit(fcfg, data, Path(tmp) / "run"), fcfg.train.epochs)
             rep[key].update(preset=name, compile=fcfg.train.compile)
         f = rep[key]
+        budget.measured_compile(f["compile_s"])
+        if key == "fit" and f["mean_epoch_s"] == f["mean_epoch_s"]:  # not NaN (one epoch only)
+            budget.epoch_s = f["mean_epoch_s"]
         print(f"  compilation {f['compile_s']:.1f} s; mean epoch after the first {f['mean_epoch_s']:.2f} s; "
               f"projected {fcfg.train.epochs} epochs: {f['projected_s'] / 60:.1f} min", flush=True)
         save()
 
+    rest = [i for i in compiled if i not in first]
+    if rest:
+        print("\n2b. training step, the other implementations compiled", flush=True)
+        step_rows("cudagraphs", rest)
+
     # fit's steps as they are, and (where it can record) with the step recorded as one graph
     profiled = [("profile", cfg)]
-    if "fit_graph" in rep:  # where the step can be recorded
+    if device.type in graphs.RECORDABLE:
         profiled.append(("profile_graph", cfg.replace(["train.compile=graph"])))
     for key, pcfg in profiled:
+        what = f"5b. profile: fit's steps, train.compile={pcfg.train.compile}"
+        if not budget.fits(what, budget.compiling(pcfg, device) + FIRST_EPOCH_S):
+            continue
         print(f"\n5b. profile: fit's training steps, {preset} preset, train.compile={pcfg.train.compile}", flush=True)
         try:
             rep[key] = profile_steps(pcfg, data)
@@ -517,7 +622,6 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save) -> None:
             rep[f"{key}_error"] = f"{type(e).__name__}: {e}"[:500]
             print(f"  PROFILING FAILED ({rep[f'{key}_error']}); going on", flush=True)
         save()
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

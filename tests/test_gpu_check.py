@@ -30,7 +30,7 @@ def test_smoke_mode_writes_every_section(fake_root, tmp_path, monkeypatch):
     monkeypatch.setattr(graphs, "RECORDABLE", {"cuda", "cpu"})
     monkeypatch.setattr(graphs, "cuda_capture", lambda fn: (fn(), (fn, None))[1])
     monkeypatch.setattr(train_mod, "compile_model", lambda model, mode, device: model if mode == "off" else Twin(model))
-    code = main(["--smoke", "--backend", "aot_eager", "--compiled-impls", "stacked", "--full", "--speedrun",
+    code = main(["--smoke", "--backend", "aot_eager", "--compiled-impls", "stacked", "--full", "--speedrun", "--budget", "0",
                  "--data-dir", str(fake_root), "--out", str(tmp_path / "out"), "--commit", "abc1234",
                  "--set", "data.batch_size=16"])  # 100 fake images: 7 steps an epoch, enough for the warm-up
     assert code == 0
@@ -63,6 +63,45 @@ def test_smoke_mode_writes_every_section(fake_root, tmp_path, monkeypatch):
                   "| host op (self time) |", "Final test accuracy", "| cat |", "the speedrun preset",
                   "Training time, compilation apart"):
         assert words in md, words
+
+
+def test_the_budget_skips_what_does_not_fit_least_useful_last_and_says_so(fake_root, tmp_path, monkeypatch, capsys):
+    """With 1 s, no compilation fits (guessed at a minute until one is measured): the eager steps,
+    blocks, augmentation and checkpoint still run; everything else is listed, in the order it would have run."""
+    from benchmarks import gpu_check as gc
+    from helpers import graphs
+    monkeypatch.setattr(graphs, "RECORDABLE", {"cuda", "cpu"})  # so the graph rows are planned too
+    assert gc.main(["--smoke", "--backend", "aot_eager", "--compiled-impls", "stacked,naive", "--budget", "1",
+                    "--data-dir", str(fake_root), "--out", str(tmp_path), "--set", "data.batch_size=16"]) == 0
+    rep = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert {r["compile"] for r in rep["steps"]} == {"off"} and len(rep["steps"]) == 4
+    assert rep["blocks"] and rep["augment"] and rep["checkpoint"]
+    assert not {"fit", "fit_graph", "fit_laptop", "profile", "profile_graph"} & set(rep)
+    skipped = [what.split(" (estimated")[0] for what in rep["budget"]["skipped"]]
+    assert skipped == ["2. stacked step, compile=cudagraphs", "2. auto step, compile=graph",
+                       "5. fit: smoke preset, 2 epochs, train.compile=off",      # the preset as it is
+                       "5. fit: smoke preset, 2 epochs, train.compile=graph",
+                       "5. fit: smoke preset, 2 epochs, train.compile=off",      # the laptop preset's place
+                       "2. naive step, compile=cudagraphs",
+                       "5b. profile: fit's steps, train.compile=off", "5b. profile: fit's steps, train.compile=graph"]
+    assert rep["budget"]["used_s"] > 0
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "Skipped to stay within the budget" in md and "- 5b. profile: fit's steps, train.compile=graph" in md
+    assert "skipped, to stay within --budget 1 s" in capsys.readouterr().out
+
+
+def test_budget_estimates_from_what_it_measured():
+    from benchmarks.gpu_check import COMPILE_GUESS_S, Budget
+    now = [0.0]
+    b = Budget(100, clock=lambda: now[0])
+    assert b.compile_s == COMPILE_GUESS_S and b.left() == 100
+    b.measured_compile(20.0)
+    b.measured_compile(12.0)
+    assert b.compile_s == 20.0                      # the slowest measured, not the guess
+    now[0] = 70.0
+    assert b.fits("a", 30.0) and not b.fits("b", 31.0)
+    assert b.skipped == ["b (estimated 31 s, 30 s left)"]
+    assert Budget(0, clock=lambda: 1e9).fits("c", 1e6)  # 0: no limit
 
 
 def test_refuses_to_report_cpu_figures_as_gpu_figures(capsys):
