@@ -85,13 +85,20 @@ def profile_steps(cfg, data, steps: int = 0, warm: int = 10, top: int = 12, trac
                   key=lambda a: a.self_cpu_time_total, reverse=True)
     kernels = sorted((a for a in averages if a.device_type == torch.autograd.DeviceType.CUDA),
                      key=lambda a: a.self_device_time_total, reverse=True)
+    # The host operations by the GPU time of the kernels they launched themselves: which eager op
+    # (a copy, a multiplication, …) is behind a kernel whose name alone does not say.
+    launchers = sorted((a for a in host if a.self_device_time_total > 0),
+                       key=lambda a: a.self_device_time_total, reverse=True)
     out = {"device": str(run.device), "steps": steps, "batch": b, "compile": cfg.train.compile, "compile_s": compile_s,
            "wall_us_per_step": wall_us,
            "gpu_busy_us_per_step": _busy_us(prof.events()) / steps if cuda else None,
            "host_top": [{"op": a.key, "us_per_step": a.self_cpu_time_total / steps, "calls_per_step": a.count / steps}
                         for a in host[:top]],
-           "kernels_top": [{"kernel": a.key[:90], "us_per_step": a.self_device_time_total / steps,
-                            "calls_per_step": a.count / steps} for a in kernels[:top]]}
+           # 150 characters: enough to reach the functor of ATen's element-wise kernels
+           "kernels_top": [{"kernel": a.key[:150], "us_per_step": a.self_device_time_total / steps,
+                            "calls_per_step": a.count / steps} for a in kernels[:top]],
+           "launchers_top": [{"op": a.key, "gpu_us_per_step": a.self_device_time_total / steps,
+                              "calls_per_step": a.count / steps} for a in launchers[:top]]}
     if cuda:
         out["gpu_busy_fraction"] = out["gpu_busy_us_per_step"] / wall_us
     return out
@@ -111,6 +118,10 @@ def report(p: dict) -> list[str]:
     if p["kernels_top"]:
         lines += ["", "| GPU kernel | µs/step | calls/step |", "|---|---|---|"]
         lines += [f"| `{k['kernel']}` | {k['us_per_step']:.0f} | {k['calls_per_step']:.1f} |" for k in p["kernels_top"]]
+    if p.get("launchers_top"):
+        lines += ["", "| host op, by the GPU time of the kernels it launched | GPU µs/step | calls/step |",
+                  "|---|---|---|"]
+        lines += [f"| `{k['op']}` | {k['gpu_us_per_step']:.0f} | {k['calls_per_step']:.1f} |" for k in p["launchers_top"]]
     return lines
 
 

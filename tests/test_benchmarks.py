@@ -93,3 +93,17 @@ def test_benchmarks_refuse_an_unknown_preset_in_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         checkpoint.main(["--preset", "nope"])
     assert e.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_profile_report_names_the_ops_behind_the_gpu_time():
+    """On a GPU the report adds which host op launched the kernels (a kernel's name may not say); a CPU has none."""
+    from profile_steps import report
+    p = {"steps": 4, "batch": 128, "compile": "graph", "wall_us_per_step": 4000.0, "gpu_busy_us_per_step": 3800.0,
+         "gpu_busy_fraction": 0.95, "host_top": [{"op": "aten::copy_", "us_per_step": 30.0, "calls_per_step": 2.0}],
+         "kernels_top": [{"kernel": "void at::native::elementwise_kernel<...direct_copy_kernel_cuda...>",
+                          "us_per_step": 400.0, "calls_per_step": 11.0}],
+         "launchers_top": [{"op": "aten::copy_", "gpu_us_per_step": 400.0, "calls_per_step": 11.0}]}
+    lines = report(p)
+    assert "the GPU is the bottleneck" in lines[1]
+    assert "| `aten::copy_` | 400 | 11.0 |" in lines
+    assert not any("launched" in line for line in report({**p, "launchers_top": []}))
