@@ -1,7 +1,7 @@
 # The course's commands. Each target creates/updates the local virtual environment itself.
 #   make lab    set up, get the data, open the course in JupyterLab
 #   make test   the whole test suite (pytest + every notebook under nbval, smoke preset)
-#   make test-fast  the quick loop: tests/ without `slow` and `real_data` tests, no data needed (< 1 min)
+#   make test-fast  the quick loop: tests/ without `slow` and `real_data` tests, no data needed (about a minute)
 #   make train  the full recipe from the command line: make train ARGS="--preset seed"
 #   make clean-runs delete every run folder under runs/ (asks first)
 #   make exercises  your copies of the notebooks' exercises in exercises/ (solutions stripped; never overwritten once edited)
