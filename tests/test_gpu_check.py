@@ -215,3 +215,29 @@ def test_the_speedrun_training_time_leaves_out_the_compilation_once():
                           "git_commit": "c"}, "date": "d", "preset": "seed", "batch": 128, "steps": [], "blocks": [],
            "augment": [], "speedrun": f}
     assert "Training time, compilation apart: 10.0 s" in markdown(rep)
+
+
+def test_the_preset_s_own_implementation_compiles_first_and_the_others_after_fit(fake_root, tmp_path, monkeypatch):
+    """The order of the work, which decides what a budget leaves out: stand-ins record each call."""
+    from benchmarks import gpu_check as gc
+    from helpers import graphs
+    calls = []
+    monkeypatch.setattr(graphs, "RECORDABLE", {"cuda", "cpu"})
+    monkeypatch.setattr(gc, "time_step", lambda cfg, impl, mode, *a, **k: calls.append(f"step {impl} {mode}") or {
+        "impl": impl, "compile": mode, "ms": 1.0, "img_s": 1.0, "warmup_s": 0.0})
+    monkeypatch.setattr(gc, "time_blocks", lambda *a, **k: calls.append("blocks") or [])
+    monkeypatch.setattr(gc, "print_blocks", lambda *a, **k: None)
+    monkeypatch.setattr(gc, "time_augment", lambda *a, **k: calls.append("augment") or [])
+    monkeypatch.setattr(gc, "time_checkpoint", lambda *a, **k: calls.append("checkpoint") or {})
+    monkeypatch.setattr(gc, "run_fit", lambda cfg, *a, **k: calls.append(f"fit {cfg.train.compile}") or {
+        "status": "stop_after", "compile_s": 0.0, "total_s": 1.0, "epoch_wall_s": [1.0, 1.0], "history": [],
+        "per_class": {}, "compile_error": None, "graph_error": None})
+    monkeypatch.setattr(gc, "profile_steps", lambda cfg, data: calls.append(f"profile {cfg.train.compile}") or {
+        "steps": 1, "batch": 1, "compile": cfg.train.compile, "wall_us_per_step": 1.0, "gpu_busy_us_per_step": None,
+        "host_top": [], "kernels_top": []})
+    assert gc.main(["--smoke", "--backend", "aot_eager", "--compiled-impls", "naive,auto,kernel", "--budget", "0",
+                    "--data-dir", str(fake_root), "--out", str(tmp_path), "--set", "data.batch_size=16"]) == 0
+    assert calls[:4] == ["step naive off", "step stacked off", "step kernel off", "step auto off"]
+    assert calls[4:] == ["step auto cudagraphs", "step auto graph", "blocks", "augment", "checkpoint",
+                         "fit off", "fit graph", "fit off",  # the smoke preset: off; then graph; the laptop's place
+                         "step naive cudagraphs", "step kernel cudagraphs", "profile off", "profile graph"]
