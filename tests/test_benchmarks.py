@@ -107,3 +107,27 @@ def test_profile_report_names_the_ops_behind_the_gpu_time():
     assert "the GPU is the bottleneck" in lines[1]
     assert "| `aten::copy_` | 400 | 11.0 |" in lines
     assert not any("launched" in line for line in report({**p, "launchers_top": []}))
+
+
+def test_jpeg_again_finds_a_copy_already_written_at_that_quality(fake_root):
+    """Images that went through one JPEG round trip barely move in a second at the same quality,
+    and move more at another: what BENCHMARKS.md reads from the offline copy."""
+    import io
+    import numpy as np
+    from PIL import Image
+    import jpeg_again
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:32]
+    waves = [[127 + 100 * np.sin(f[c] * xx + f[(c + 1) % 3] * yy + ph[c]) for c in range(3)]
+             for f, ph in zip(rng.uniform(0.05, 0.3, (20, 3)), rng.uniform(0, 6, (20, 3)))]
+    smooth = np.stack([np.stack(w, -1) for w in waves]).astype(np.uint8)  # (20, 32, 32, 3): smooth, like photos
+    once = []
+    for img in smooth:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=75)
+        once.append(np.asarray(Image.open(buf).convert("RGB")))
+    once = np.stack(once)
+    assert jpeg_again.round_trip_change(once, 75).mean() < 0.5 * jpeg_again.round_trip_change(smooth, 75).mean()
+    assert jpeg_again.round_trip_change(once, 75).mean() < jpeg_again.round_trip_change(once, 50).mean()
+    out = jpeg_again.main(["--data-dir", str(fake_root), "--quality", "75", "--images", "5"])
+    assert set(out) == {75} and out[75][0] >= 0 and 0 <= out[75][1] <= 1
