@@ -29,8 +29,8 @@ Measures, prints, and writes to ``--out`` (default ``runs/gpu-check``) as
 7. with ``--speedrun``: the whole ``speedrun`` preset (the short-schedule recipe),
    its training time without compilation, and its accuracy beside 93 % and the report's.
 
-Sections 1-5b keep to ``--budget`` seconds (default 420, so that with start-up the command
-takes under 8 minutes): the eager steps, blocks, augmentation and checkpoint always run; each
+Sections 1-5b keep to ``--budget`` seconds (default 420: a minute short of 8, for start-up and for
+estimates that fall short; a part that overruns its estimate is not cut): the eager steps, blocks, augmentation and checkpoint always run; each
 compilation, ``fit`` and profile only if its estimated cost (from what this run has measured so far)
 still fits, in the order above except that the implementations other than the preset's own are
 compiled after section 5 (2b). What is skipped is printed and listed in the report; ``--budget 0``
@@ -410,8 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="implementations timed compiled too (each compiles for 20-60 s); the first "
                         "(or the preset's own) early, the rest after section 5, as --budget allows")
     p.add_argument("--budget", type=float, default=420,
-                   help="seconds for sections 1-5b (default 420: with start-up, under 8 minutes); what "
-                        "would not fit is skipped and listed; 0: no limit. --full/--speedrun are not counted")
+                   help="seconds for sections 1-5b (default 420, a minute short of 8); what would not fit "
+                        "(estimated) is skipped and listed; 0: no limit. --full/--speedrun are not counted")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (tests use aot_eager)")
     p.add_argument("--speedrun", action="store_true", help="also train the whole speedrun preset (about a minute)")
     p.add_argument("--skip-bench", action="store_true", help="with --full / --speedrun: only those runs")
