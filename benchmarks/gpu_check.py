@@ -67,12 +67,12 @@ from helpers.engine import (amp_dtype, compile_model, forward_backward, pick_dev
                             train_step)
 from helpers import graphs  # noqa: E402
 from helpers.losses import build_loss  # noqa: E402
-from helpers.model import build_model  # noqa: E402
+from helpers.model import MIX_IMPLS, build_model  # noqa: E402
 from helpers.optim import build_optimizer  # noqa: E402
 from helpers.train import fit  # noqa: E402
 
 REPORT_ACC = 0.9275  # the seed report's final test accuracy (§5)
-IMPLS = ("naive", "stacked", "kernel", "auto")
+IMPLS = MIX_IMPLS + ("auto",)
 
 
 def _sync(device: torch.device) -> None:
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=5, help="seed-preset epochs timed through fit (default 5)")
     p.add_argument("--steps", type=int, default=50, help="timed steps per round in the step benchmark")
     p.add_argument("--rounds", type=int, default=3, help="rounds per step benchmark (median reported)")
-    p.add_argument("--compiled-impls", default="stacked,naive,kernel",
+    p.add_argument("--compiled-impls", default="stacked,stacked_input,naive,kernel",
                    help="implementations timed compiled too (each compiles for 20-60 s); the first "
                         "(or the preset's own) early, the rest after section 5, as --budget allows")
     p.add_argument("--budget", type=float, default=420,
@@ -552,7 +552,7 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save, budget: Budget
     print("\n3. each block per implementation (eager)", flush=True)
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    rep["blocks"] = time_blocks(model, ["naive", "stacked", "kernel"], cfg.data.batch_size, rounds + 2,
+    rep["blocks"] = time_blocks(model, list(MIX_IMPLS), cfg.data.batch_size, rounds + 2,
                                 device, channels_last=True, amp=amp_dtype(cfg.train.amp, device))
     print_blocks(rep["blocks"], rounds + 2)
     del model

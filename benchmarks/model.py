@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from helpers.checkpoint import provenance  # noqa: E402
 from helpers.config import get_preset  # noqa: E402
 from helpers.engine import amp_dtype, autocast  # noqa: E402
-from helpers.model import MixingNet, build_model, count_params, resolve_mix_impl  # noqa: E402
+from helpers.model import MIX_IMPLS, MixingNet, build_model, count_params, resolve_mix_impl  # noqa: E402
 
 
 def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10,
@@ -126,10 +126,11 @@ def time_blocks(model: MixingNet, impls: list[str], batch: int, rounds: int, dev
                 _sync(device)
                 if r:
                     best[impl] = min(best[impl], time.perf_counter() - t)
-        out_hw = block.mix.out_size(x.shape[-2]) * block.mix.out_size(x.shape[-1])
+        h, w = block.pool(x[:1]).shape[-2:]  # what the K convolutions see ("maxpool" blocks pool first)
+        out_hw = block.mix.out_size(h) * block.mix.out_size(w)
         stacked_out = block.mix.num_k * block.mix.out_channels
         rows.append({"input": list(x.shape[1:]), "out_hw": out_hw, "stacked_out": stacked_out,
-                     "auto": resolve_mix_impl("auto", device.type, out_hw, stacked_out),
+                     "auto": resolve_mix_impl("auto", device.type, out_hw, stacked_out, channels_last=channels_last),
                      "ms": {impl: 1000 * t for impl, t in best.items()}})
     return rows
 
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=128, help="images per training step")
     p.add_argument("--steps", type=int, default=1, help="timed steps per implementation per round")
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds; median and best are reported")
-    p.add_argument("--impls", default="naive,auto", help="comma-separated: naive, stacked, kernel, auto")
+    p.add_argument("--impls", default="naive,auto", help="comma-separated: naive, stacked, kernel, stacked_input, auto")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     p.add_argument("--no-channels-last", action="store_true", help="time NCHW instead of channels_last")
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{best:8.1f} {g_best:8.1f} {100 * g_best / peak:4.0f}% | {ratio:>22}")
     print("(GFLOP/s: each implementation's own executed FLOPs, 3× forward per training image)")
     if args.per_block:
-        rows = time_blocks(model, ["naive", "stacked", "kernel"], args.batch, args.rounds, device,
+        rows = time_blocks(model, list(MIX_IMPLS), args.batch, args.rounds, device,
                            not args.no_channels_last, amp)
         print_blocks(rows, args.rounds)
 

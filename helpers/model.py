@@ -12,7 +12,7 @@ A mixing block (the course design plus the report's additions, see
     h = ReLU(BN(Conv1x1(x)))            # bottleneck: out_channels / reduction_factor wide
     y = ReLU(BN(Σ_k a_k · C_k(h) + skip(x)))
 
-``Σ_k a_k·C_k(h)`` has three exact implementations sharing one weight tensor
+``Σ_k a_k·C_k(h)`` has four exact implementations sharing one weight tensor
 ``(K·C_out, C_mid, 3, 3)`` (rows k·C_out… are C_k), so a checkpoint loads under any of them:
 
 * ``naive``   — K convolutions, then the weighted sum: the formula as written.
@@ -21,15 +21,18 @@ A mixing block (the course design plus the report's additions, see
   grouped convolution (groups = images): about K× fewer convolution FLOPs, but the
   B per-image kernels must be written and read, which is cheap only where the
   feature map is large compared with the kernel (CondConv / Dynamic Convolution).
-* ``auto``    — per block and per device, the one measured fastest (``KERNEL_MIN_HW``,
-  ``STACKED_MAX_OUT``): on a CPU ``kernel`` at ≥ 8×8 and ``stacked`` or ``naive`` below;
-  on CUDA ``stacked`` everywhere.
+* ``stacked_input`` — scale the input instead: one convolution of the K copies a_k·h,
+  stacked along the channels, with the K kernels side by side (K·C_in inputs, C_out
+  outputs): nothing K·C_out wide to write and sum.
+* ``auto``    — per block and per device, the one measured fastest (``STACKED_INPUT_MAX_OUT``,
+  ``KERNEL_MIN_HW``, ``STACKED_MAX_OUT``): on a CPU ``stacked_input`` for NCHW inputs
+  and ``naive`` otherwise; on CUDA ``stacked`` everywhere.
 """
 from __future__ import annotations
 
 __all__ = ["MixingNet", "MixingBlock", "MixConv", "Stem", "Classifier", "build_model", "whiten_stem",
            "resolve_mix_impl", "count_params", "layer_summary", "block_budget", "MIX_IMPLS", "DOWNSAMPLE",
-           "POOLS", "KERNEL_MIN_HW", "STACKED_MAX_OUT", "AUTO_FALLBACK", "KERNEL_CHUNK", "WHITEN_IMAGES"]
+           "POOLS", "STACKED_INPUT_MAX_OUT", "KERNEL_MIN_HW", "STACKED_MAX_OUT", "AUTO_FALLBACK", "KERNEL_CHUNK", "WHITEN_IMAGES"]
 
 import math
 from typing import Callable
@@ -40,34 +43,39 @@ import torch.nn.functional as F
 
 from .config import ModelConfig, expect_section
 
-MIX_IMPLS = ("naive", "stacked", "kernel")
+MIX_IMPLS = ("naive", "stacked", "kernel", "stacked_input")
 DOWNSAMPLE = ("stride", "maxpool")   # how a block with stride s shrinks its input (see MixingBlock)
 POOLS = ("avg", "max")               # the classifier's global pooling
 
-# "auto" → impl, per device type, from the block's output size (H·W) and K·C_out: a rule
+# "auto" → impl, per device type, from the block's layout, output size (H·W) and K·C_out: a rule
 # read off measurements, never a path that measured slower than "naive" on that device.
-# CPU (BENCHMARKS.md, "Model" and "Training"): kernel mixing wins at 32×32, 16×16 and 8×8
-# outputs, where each per-image kernel is reused over ≥ 64 positions, and loses at 4×4, where
-# writing and reading B per-image kernels costs more than the K× FLOPs it saves. There, one
-# GEMM with K·C_out outputs ("stacked") beats K GEMMs ("naive") while its (B, K·C_out, H, W)
-# output stays small (K·C_out up to 1024), and loses beyond.
+# CPU (2-core Intel Xeon with AMX, bf16 and fp32; BENCHMARKS.md, "Model: mixing the inputs"): on
+# NCHW inputs, as the CPU presets train, "stacked_input" was the fastest in every block of the
+# `laptop` model (the whole training step 1.19× naive's speed in bf16, 1.33× in fp32), where the
+# old CPU rule ("kernel" at ≥ 8×8 outputs, "stacked" below) measured slower than "naive" (0.93×,
+# 0.97×). Measured up to K·C_out = 1024. On channels_last inputs no path beat "naive" reliably.
 # CUDA (BENCHMARKS.md, "GPU"): "stacked" is the fastest whole-model step, and the fastest block
 # but for block 1 at 32×32, where "kernel" is about even. A GPU is launch-bound at this size:
 # one large convolution beats K small ones, and the per-image grouped convolution is slowest.
-# `benchmarks/gpu_check.py` re-times every block per impl.
-KERNEL_MIN_HW = {"cpu": 64}                        # smallest H_out·W_out at which "kernel" is chosen
-STACKED_MAX_OUT = {"cpu": 1024, "cuda": math.inf}  # below that size, "stacked" up to this K·C_out, else:
+# `benchmarks/gpu_check.py` re-times every block per impl ("stacked_input" not yet on a GPU).
+STACKED_INPUT_MAX_OUT = {"cpu": 1024}              # NCHW inputs: "stacked_input" up to this K·C_out
+KERNEL_MIN_HW: dict[str, int] = {}                 # smallest H_out·W_out at which "kernel" is chosen (none today)
+STACKED_MAX_OUT = {"cuda": math.inf}               # else "stacked" up to this K·C_out, else:
 AUTO_FALLBACK = "naive"                            # larger blocks, and devices not measured (MPS)
 # Images per grouped convolution in "kernel". On CPU, 32 keeps a chunk's mixed kernels near the
 # caches (faster than the whole batch: BENCHMARKS.md, "Model"); a GPU wants one launch.
 KERNEL_CHUNK = {"cpu": 32}
 
 
-def resolve_mix_impl(name: str, device_type: str, out_hw: int, stacked_out: int) -> str:
-    """The implementation ``name`` stands for on ``device_type``, for a block whose
-    output has ``out_hw`` pixels and whose stacked convolution would have ``stacked_out`` = K·C_out outputs."""
+def resolve_mix_impl(name: str, device_type: str, out_hw: int, stacked_out: int,
+                     channels_last: bool = False) -> str:
+    """The implementation ``name`` stands for on ``device_type``, for a block whose output has
+    ``out_hw`` pixels, whose stacked convolution would have ``stacked_out`` = K·C_out outputs,
+    and whose input is ``channels_last`` or not."""
     if name != "auto":
         return name
+    if not channels_last and stacked_out <= STACKED_INPUT_MAX_OUT.get(device_type, 0):
+        return "stacked_input"
     if out_hw >= KERNEL_MIN_HW.get(device_type, math.inf):
         return "kernel"
     return "stacked" if stacked_out <= STACKED_MAX_OUT.get(device_type, 0) else AUTO_FALLBACK
@@ -83,7 +91,7 @@ class MixConv(nn.Module):
         stride: stride of every convolution.
         kernel_size: odd kernel size; padding keeps "same" size at stride 1.
         bias: give each C_k a bias (mixed with the same a_k as its kernel).
-        impl: "naive", "stacked", "kernel" or "auto"; only changes how forward computes.
+        impl: "naive", "stacked", "kernel", "stacked_input" or "auto"; only changes how forward computes.
     """
 
     def __init__(self, in_channels: int, out_channels: int, num_k: int, stride: int = 1,
@@ -124,7 +132,9 @@ class MixConv(nn.Module):
     def forward(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """``h``: (B, C_in, H, W), ``a``: (B, K) → (B, C_out, H', W')."""
         hw = self.out_size(h.shape[-2]) * self.out_size(h.shape[-1])
-        impl = resolve_mix_impl(self.impl, h.device.type, hw, self.num_k * self.out_channels)
+        impl = resolve_mix_impl(self.impl, h.device.type, hw, self.num_k * self.out_channels,
+                                channels_last=h.is_contiguous(memory_format=torch.channels_last)
+                                and not h.is_contiguous())
         return getattr(self, f"_{impl}")(h, a)
 
     def _naive(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -142,6 +152,25 @@ class MixConv(nn.Module):
         y = F.conv2d(h, self.weight, b, self.stride, self.padding)      # (B, K·O, H', W')
         y = y.unflatten(1, (K, O))                                      # (B, K, O, H', W')
         return (y * a[:, :, None, None, None].to(y.dtype)).sum(1)       # (B, O, H', W')
+
+    def _stacked_input(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        # Linearity on the input side: Σ_k a_k·(W_k∗h) = [W_1 … W_K] ∗ [a_1·h; …; a_K·h]. One convolution
+        # with K·C_in inputs and C_out outputs: no (B, K·C_out, H', W') result to weigh and sum, only
+        # (B, K·C_in, H, W) scaled copies of h, which the bottleneck makes 4× narrower than C_out.
+        K, O, C = self.num_k, self.out_channels, self.in_channels
+        a = a.to(h.dtype)
+        w = self.weight.unflatten(0, (K, O))                                          # (K, O, C_in, 3, 3)
+        if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
+            # Input and kernels built channels_last, each in one pass: a convolution given mixed
+            # layouts converts one of them first.
+            x = (h.permute(0, 2, 3, 1).unsqueeze(3) * a[:, None, None, :, None])      # (B, H, W, K, C_in)
+            x = x.flatten(3).permute(0, 3, 1, 2)                                      # (B, K·C_in, H, W)
+            w = w.permute(1, 3, 4, 0, 2).flatten(3).permute(0, 3, 1, 2)               # (O, K·C_in, 3, 3)
+        else:
+            x = (h.unsqueeze(1) * a[:, :, None, None, None]).flatten(1, 2)            # (B, K·C_in, H, W)
+            w = w.transpose(0, 1).flatten(1, 2)                                       # (O, K·C_in, 3, 3)
+        y = F.conv2d(x, w, None, self.stride, self.padding)                          # (B, O, H', W')
+        return y if self.bias is None else y + (a @ self.bias)[:, :, None, None]     # Σ a_k·b_k: (B, O)
 
     def _kernel(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         # Mix kernels per image (linearity: Σ a_k·(W_k∗h) = (Σ a_k·W_k)∗h), then one

@@ -37,11 +37,12 @@ def test_smoke_mode_writes_every_section(fake_root, tmp_path, monkeypatch):
     rep = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert rep["provenance"]["git_commit"] == "abc1234" and rep["preset"] == "smoke"
     steps = {(r["impl"], r["compile"]): r for r in rep["steps"]}
-    assert {("naive", "off"), ("stacked", "off"), ("kernel", "off"), ("auto", "off"), ("stacked", "cudagraphs"),
-            ("auto", "graph")} == set(steps)
+    assert {("naive", "off"), ("stacked", "off"), ("kernel", "off"), ("stacked_input", "off"), ("auto", "off"),
+            ("stacked", "cudagraphs"), ("auto", "graph")} == set(steps)
     for compiled in steps[("stacked", "cudagraphs")], steps[("auto", "graph")]:  # each checked against eager
         assert compiled["grads_finite"] and abs(compiled["loss_compiled"] - compiled["loss_eager"]) < 1e-4
-    assert len(rep["blocks"]) == 3 and all(set(b["ms"]) == {"naive", "stacked", "kernel"} for b in rep["blocks"])
+    assert len(rep["blocks"]) == 3 and all(set(b["ms"]) == {"naive", "stacked", "kernel", "stacked_input"}
+                                           for b in rep["blocks"])
     assert [a["chunk"] for a in rep["augment"]] == [128, 1024, 8192]
     prof = rep["profile"]  # on a CPU: the host's operations, no GPU figures
     assert prof["wall_us_per_step"] > 0 and prof["gpu_busy_us_per_step"] is None and prof["host_top"]
@@ -74,7 +75,7 @@ def test_the_budget_skips_what_does_not_fit_least_useful_last_and_says_so(fake_r
     assert gc.main(["--smoke", "--backend", "aot_eager", "--compiled-impls", "stacked,naive", "--budget", "1",
                     "--data-dir", str(fake_root), "--out", str(tmp_path), "--set", "data.batch_size=16"]) == 0
     rep = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert {r["compile"] for r in rep["steps"]} == {"off"} and len(rep["steps"]) == 4
+    assert {r["compile"] for r in rep["steps"]} == {"off"} and len(rep["steps"]) == 5
     assert rep["blocks"] and rep["augment"] and rep["checkpoint"]
     assert not {"fit", "fit_graph", "fit_laptop", "profile", "profile_graph"} & set(rep)
     skipped = [what.split(" (estimated")[0] for what in rep["budget"]["skipped"]]
@@ -237,7 +238,8 @@ def test_the_preset_s_own_implementation_compiles_first_and_the_others_after_fit
         "host_top": [], "kernels_top": []})
     assert gc.main(["--smoke", "--backend", "aot_eager", "--compiled-impls", "naive,auto,kernel", "--budget", "0",
                     "--data-dir", str(fake_root), "--out", str(tmp_path), "--set", "data.batch_size=16"]) == 0
-    assert calls[:4] == ["step naive off", "step stacked off", "step kernel off", "step auto off"]
-    assert calls[4:] == ["step auto cudagraphs", "step auto graph", "blocks", "augment", "checkpoint",
+    assert calls[:5] == ["step naive off", "step stacked off", "step kernel off", "step stacked_input off",
+                         "step auto off"]
+    assert calls[5:] == ["step auto cudagraphs", "step auto graph", "blocks", "augment", "checkpoint",
                          "fit off", "fit graph", "fit off",  # the smoke preset: off; then graph; the laptop's place
                          "step naive cudagraphs", "step kernel cudagraphs", "profile off", "profile graph"]

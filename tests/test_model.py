@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from helpers.config import get_preset
-from helpers.model import (MixConv, MixingBlock, MixingNet, build_model, count_params,
+from helpers.model import (MIX_IMPLS, MixConv, MixingBlock, MixingNet, build_model, count_params,
                            resolve_mix_impl)
 
-FAST = ("stacked", "kernel", "auto")
+FAST = tuple(i for i in MIX_IMPLS if i != "naive") + ("auto",)
 
 
 def small_net(**kw) -> MixingNet:
@@ -61,6 +61,18 @@ def test_mixconv_fast_equals_naive(impl, k, stride, bias, hw):
     floor = max(v.abs().max().item() for v in g_ref.values())
     for name in g_ref:
         close(g[name], g_ref[name], f"grad of {name}", floor)
+
+
+def test_stacked_input_keeps_a_channels_last_input_channels_last():
+    """Its stacked input is built in the input's layout: a convolution given an NCHW input and
+    channels_last weights (or the reverse) converts one of them first, a copy every step."""
+    torch.manual_seed(0)
+    conv = MixConv(6, 8, 3, impl="stacked_input").to(memory_format=torch.channels_last)
+    h = torch.randn(2, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    a = torch.softmax(torch.randn(2, 3), 1)
+    y = conv(h, a)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    close(y, conv._naive(h, a), "output")
 
 
 def test_naive_is_the_formula():
@@ -177,10 +189,13 @@ def test_resolve_and_validate_impl():
     # CUDA (H200, GPU_MEASUREMENTS.md): one stacked GEMM is fastest at every size; never "kernel"
     for hw in (32 * 32, 16 * 16, 4 * 4):
         assert resolve_mix_impl("auto", "cuda", hw, 4 * 1024) == "stacked"
-    assert resolve_mix_impl("auto", "cpu", 32 * 32, 4 * 64) == "kernel"
-    assert resolve_mix_impl("auto", "cpu", 8 * 8, 4 * 512) == "kernel"
-    assert resolve_mix_impl("auto", "cpu", 4 * 4, 4 * 256) == "stacked"   # one GEMM, small output
-    assert resolve_mix_impl("auto", "cpu", 4 * 4, 4 * 1024) == "naive"    # K GEMMs beat a huge output
+    # CPU: the K scaled inputs stacked, on NCHW inputs up to K·C_out = 1024 (as far as measured);
+    # channels_last, or wider: the formula (BENCHMARKS.md, "Model: mixing the inputs")
+    assert resolve_mix_impl("auto", "cpu", 32 * 32, 4 * 64) == "stacked_input"
+    assert resolve_mix_impl("auto", "cpu", 4 * 4, 2 * 512) == "stacked_input"
+    assert resolve_mix_impl("auto", "cpu", 4 * 4, 4 * 512) == "naive"
+    assert resolve_mix_impl("auto", "cpu", 16 * 16, 2 * 64, channels_last=True) == "naive"
+    assert resolve_mix_impl("auto", "cuda", 16 * 16, 2 * 64) == "stacked"  # CUDA: either layout
     assert resolve_mix_impl("auto", "mps", 32 * 32, 4 * 64) == "naive"    # unmeasured devices: the formula
     with pytest.raises(ValueError, match="mix impl"):
         small_net().set_mix_impl("fast")
