@@ -32,7 +32,8 @@ from __future__ import annotations
 
 __all__ = ["MixingNet", "MixingBlock", "MixConv", "Stem", "Classifier", "build_model", "whiten_stem",
            "resolve_mix_impl", "count_params", "layer_summary", "block_budget", "MIX_IMPLS", "DOWNSAMPLE",
-           "POOLS", "STACKED_INPUT_MAX_OUT", "KERNEL_MIN_HW", "STACKED_MAX_OUT", "AUTO_FALLBACK", "KERNEL_CHUNK", "WHITEN_IMAGES"]
+           "POOLS", "STACKED_INPUT_MAX_OUT", "KERNEL_MIN_HW", "STACKED_MAX_OUT", "AUTO_FALLBACK", "KERNEL_CHUNK",
+           "WHITEN_IMAGES"]
 
 import math
 from typing import Callable
@@ -157,7 +158,7 @@ class MixConv(nn.Module):
         # Linearity on the input side: Σ_k a_k·(W_k∗h) = [W_1 … W_K] ∗ [a_1·h; …; a_K·h]. One convolution
         # with K·C_in inputs and C_out outputs: no (B, K·C_out, H', W') result to weigh and sum, only
         # (B, K·C_in, H, W) scaled copies of h, which the bottleneck makes 4× narrower than C_out.
-        K, O, C = self.num_k, self.out_channels, self.in_channels
+        K, O = self.num_k, self.out_channels
         a = a.to(h.dtype)
         w = self.weight.unflatten(0, (K, O))                                          # (K, O, C_in, 3, 3)
         if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
