@@ -130,7 +130,8 @@ def time_blocks(model: MixingNet, impls: list[str], batch: int, rounds: int, dev
         out_hw = block.mix.out_size(h) * block.mix.out_size(w)
         stacked_out = block.mix.num_k * block.mix.out_channels
         rows.append({"input": list(x.shape[1:]), "out_hw": out_hw, "stacked_out": stacked_out,
-                     "auto": resolve_mix_impl("auto", device.type, out_hw, stacked_out, channels_last=channels_last),
+                     "auto": resolve_mix_impl("auto", device.type, out_hw, stacked_out, channels_last=channels_last,
+                                              stride=block.mix.stride),
                      "ms": {impl: 1000 * t for impl, t in best.items()}})
     return rows
 

@@ -25,15 +25,16 @@ A mixing block (the course design plus the report's additions, see
   stacked along the channels, with the K kernels side by side (K·C_in inputs, C_out
   outputs): nothing K·C_out wide to write and sum.
 * ``auto``    — per block and per device, the one measured fastest (``STACKED_INPUT_MAX_OUT``,
-  ``KERNEL_MIN_HW``, ``STACKED_MAX_OUT``): on a CPU ``stacked_input`` for NCHW inputs
-  and ``naive`` otherwise; on CUDA ``stacked`` everywhere.
+  ``NAIVE_CHANNELS_LAST``, ``KERNEL_MIN_HW``, ``STACKED_MAX_OUT``): on a CPU, for NCHW inputs,
+  ``stacked_input`` in narrow stride-1 blocks, else ``kernel`` at ≥ 8×8 and ``stacked`` or
+  ``naive`` below, and ``naive`` for channels_last inputs; on CUDA ``stacked`` everywhere.
 """
 from __future__ import annotations
 
 __all__ = ["MixingNet", "MixingBlock", "MixConv", "Stem", "Classifier", "build_model", "whiten_stem",
            "resolve_mix_impl", "count_params", "layer_summary", "block_budget", "MIX_IMPLS", "DOWNSAMPLE",
-           "POOLS", "STACKED_INPUT_MAX_OUT", "KERNEL_MIN_HW", "STACKED_MAX_OUT", "AUTO_FALLBACK", "KERNEL_CHUNK",
-           "WHITEN_IMAGES"]
+           "POOLS", "STACKED_INPUT_MAX_OUT", "NAIVE_CHANNELS_LAST", "KERNEL_MIN_HW", "STACKED_MAX_OUT",
+           "AUTO_FALLBACK", "KERNEL_CHUNK", "WHITEN_IMAGES"]
 
 import math
 from typing import Callable
@@ -48,20 +49,25 @@ MIX_IMPLS = ("naive", "stacked", "kernel", "stacked_input")
 DOWNSAMPLE = ("stride", "maxpool")   # how a block with stride s shrinks its input (see MixingBlock)
 POOLS = ("avg", "max")               # the classifier's global pooling
 
-# "auto" → impl, per device type, from the block's layout, output size (H·W) and K·C_out: a rule
-# read off measurements, never a path that measured slower than "naive" on that device.
-# CPU (2-core Intel Xeon with AMX, bf16 and fp32; BENCHMARKS.md, "Model: mixing the inputs"): on
-# NCHW inputs, as the CPU presets train, "stacked_input" was the fastest in every block of the
-# `laptop` model (the whole training step 1.19× naive's speed in bf16, 1.33× in fp32), where the
-# old CPU rule ("kernel" at ≥ 8×8 outputs, "stacked" below) measured slower than "naive" (0.93×,
-# 0.97×). Measured up to K·C_out = 1024. On channels_last inputs no path beat "naive" reliably.
+# "auto" → impl, per device type, from the block's layout, stride, output size (H·W) and K·C_out:
+# a rule read off measurements, never a path that measured slower than "naive" on that device.
+# CPU, NCHW (as the CPU presets train; BENCHMARKS.md, "Model: mixing the inputs", 2-core Intel Xeon
+# with AMX, bf16 and fp32): "stacked_input" was the fastest path in every block of the `laptop`
+# model (stride 1, K·C_out up to 512): its whole training step ran 1.19-1.33× naive's speed, where
+# the rule before measured 0.93-0.97×. At stride 2, or K·C_out = 1024, it was no faster than naive.
+# There the earlier rule stands (BENCHMARKS.md, "Model" and "Training"): kernel mixing wins at
+# ≥ 8×8 outputs, where each per-image kernel is reused over ≥ 64 positions; below, one GEMM with
+# K·C_out outputs ("stacked") beats K GEMMs ("naive") while K·C_out ≤ 1024.
+# CPU, channels_last: the rule before ran the laptop model at 0.45× naive's speed, and no path beat
+# "naive" reliably: "naive".
 # CUDA (BENCHMARKS.md, "GPU"): "stacked" is the fastest whole-model step, and the fastest block
 # but for block 1 at 32×32, where "kernel" is about even. A GPU is launch-bound at this size:
 # one large convolution beats K small ones, and the per-image grouped convolution is slowest.
 # `benchmarks/gpu_check.py` re-times every block per impl ("stacked_input" not yet on a GPU).
-STACKED_INPUT_MAX_OUT = {"cpu": 1024}              # NCHW inputs: "stacked_input" up to this K·C_out
-KERNEL_MIN_HW: dict[str, int] = {}                 # smallest H_out·W_out at which "kernel" is chosen (none today)
-STACKED_MAX_OUT = {"cuda": math.inf}               # else "stacked" up to this K·C_out, else:
+STACKED_INPUT_MAX_OUT = {"cpu": 512}               # NCHW, stride 1: "stacked_input" up to this K·C_out
+NAIVE_CHANNELS_LAST = {"cpu"}                      # devices where channels_last blocks run "naive"
+KERNEL_MIN_HW = {"cpu": 64}                        # else: smallest H_out·W_out at which "kernel" is chosen
+STACKED_MAX_OUT = {"cpu": 1024, "cuda": math.inf}  # below that size, "stacked" up to this K·C_out, else:
 AUTO_FALLBACK = "naive"                            # larger blocks, and devices not measured (MPS)
 # Images per grouped convolution in "kernel". On CPU, 32 keeps a chunk's mixed kernels near the
 # caches (faster than the whole batch: BENCHMARKS.md, "Model"); a GPU wants one launch.
@@ -69,13 +75,15 @@ KERNEL_CHUNK = {"cpu": 32}
 
 
 def resolve_mix_impl(name: str, device_type: str, out_hw: int, stacked_out: int,
-                     channels_last: bool = False) -> str:
+                     channels_last: bool = False, stride: int = 1) -> str:
     """The implementation ``name`` stands for on ``device_type``, for a block whose output has
     ``out_hw`` pixels, whose stacked convolution would have ``stacked_out`` = K·C_out outputs,
-    and whose input is ``channels_last`` or not."""
+    whose input is ``channels_last`` or not, and whose K convolutions have ``stride``."""
     if name != "auto":
         return name
-    if not channels_last and stacked_out <= STACKED_INPUT_MAX_OUT.get(device_type, 0):
+    if channels_last and device_type in NAIVE_CHANNELS_LAST:
+        return "naive"
+    if not channels_last and stride == 1 and stacked_out <= STACKED_INPUT_MAX_OUT.get(device_type, 0):
         return "stacked_input"
     if out_hw >= KERNEL_MIN_HW.get(device_type, math.inf):
         return "kernel"
@@ -135,7 +143,7 @@ class MixConv(nn.Module):
         hw = self.out_size(h.shape[-2]) * self.out_size(h.shape[-1])
         impl = resolve_mix_impl(self.impl, h.device.type, hw, self.num_k * self.out_channels,
                                 channels_last=h.is_contiguous(memory_format=torch.channels_last)
-                                and not h.is_contiguous())
+                                and not h.is_contiguous(), stride=self.stride)
         return getattr(self, f"_{impl}")(h, a)
 
     def _naive(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

@@ -189,13 +189,18 @@ def test_resolve_and_validate_impl():
     # CUDA (H200, GPU_MEASUREMENTS.md): one stacked GEMM is fastest at every size; never "kernel"
     for hw in (32 * 32, 16 * 16, 4 * 4):
         assert resolve_mix_impl("auto", "cuda", hw, 4 * 1024) == "stacked"
-    # CPU: the K scaled inputs stacked, on NCHW inputs up to K·C_out = 1024 (as far as measured);
-    # channels_last, or wider: the formula (BENCHMARKS.md, "Model: mixing the inputs")
-    assert resolve_mix_impl("auto", "cpu", 32 * 32, 4 * 64) == "stacked_input"
-    assert resolve_mix_impl("auto", "cpu", 4 * 4, 2 * 512) == "stacked_input"
-    assert resolve_mix_impl("auto", "cpu", 4 * 4, 4 * 512) == "naive"
+    # CPU, NCHW (BENCHMARKS.md, "Model: mixing the inputs"): the K scaled inputs stacked in narrow
+    # stride-1 blocks (the laptop model's three); elsewhere kernel mixing at ≥ 8×8 outputs, one
+    # stacked GEMM below while K·C_out ≤ 1024, the formula beyond
+    assert resolve_mix_impl("auto", "cpu", 16 * 16, 2 * 64) == "stacked_input"
+    assert resolve_mix_impl("auto", "cpu", 4 * 4, 2 * 256) == "stacked_input"
+    assert resolve_mix_impl("auto", "cpu", 16 * 16, 2 * 64, stride=2) == "kernel"
+    assert resolve_mix_impl("auto", "cpu", 32 * 32, 4 * 256) == "kernel"
+    assert resolve_mix_impl("auto", "cpu", 4 * 4, 4 * 256) == "stacked"
+    assert resolve_mix_impl("auto", "cpu", 4 * 4, 4 * 1024) == "naive"
+    # CPU, channels_last: the formula; CUDA: one stacked GEMM, either layout
     assert resolve_mix_impl("auto", "cpu", 16 * 16, 2 * 64, channels_last=True) == "naive"
-    assert resolve_mix_impl("auto", "cuda", 16 * 16, 2 * 64) == "stacked"  # CUDA: either layout
+    assert resolve_mix_impl("auto", "cuda", 16 * 16, 2 * 64) == "stacked"
     assert resolve_mix_impl("auto", "mps", 32 * 32, 4 * 64) == "naive"    # unmeasured devices: the formula
     with pytest.raises(ValueError, match="mix impl"):
         small_net().set_mix_impl("fast")
