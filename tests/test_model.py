@@ -206,3 +206,17 @@ def test_resolve_and_validate_impl():
         small_net().set_mix_impl("fast")
     with pytest.raises(ValueError, match="gate"):
         MixingBlock(4, 4, gate="relu")
+
+
+def test_notebook_02_question_7_block_2_of_the_laptop_model():
+    """Notebook 02, check 7: the laptop model's block 2 mixes a 32-wide, 8×8 input (after max-pooling)
+    into 128 channels with K = 2 at stride 1: 4,096 numbers per image stacked on the input side, 16,384 on the output side."""
+    model = build_model(get_preset("laptop").model).eval()
+    seen = {}
+    hook = model.blocks[1].mix.register_forward_pre_hook(lambda m, args: seen.update(h=args[0].shape))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    hook.remove()
+    mix = model.blocks[1].mix
+    assert seen["h"] == (1, 32, 8, 8) and mix.num_k == 2 and mix.out_channels == 128 and mix.stride == 1
+    assert mix.num_k * 32 * 8 * 8 == 4096 and mix.num_k * mix.out_channels * mix.out_size(8) ** 2 == 16384
