@@ -30,11 +30,11 @@ Measures, prints, and writes to ``--out`` (default ``runs/gpu-check``) as
    its training time without compilation, and its accuracy beside 93 % and the report's.
 
 Sections 1-5b keep to ``--budget`` seconds (default 420: a minute short of 8, for start-up and for
-estimates that fall short; a part that overruns its estimate is not cut): the eager steps, blocks, augmentation and checkpoint always run; each
-compilation, ``fit`` and profile only if its estimated cost (from what this run has measured so far)
-still fits, in the order above except that the implementations other than the preset's own are
-compiled after section 5 (2b). What is skipped is printed and listed in the report; ``--budget 0``
-runs everything.
+estimates that fall short; a part that overruns its estimate is not cut). The eager steps, blocks,
+augmentation and checkpoint always run; each compilation, ``fit`` and profile only if its estimated
+cost (from what this run has measured so far) still fits, in the order above except that the
+implementations other than the preset's own are compiled after section 5 (2b). What is skipped is
+printed and listed in the report; ``--budget 0`` runs everything.
 
 Every figure is what this run measured; nothing is looked up or estimated,
 except the line marked "projected" (and the budget's estimates, which only decide what runs).
@@ -513,7 +513,8 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save, budget: Budget
     """
     preset = rep["preset"]
     steps, rounds = (2, 1) if args.smoke else (args.steps, args.rounds)
-    compiled = [] if device.type != "cuda" and args.backend == "inductor" else [i for i in args.compiled_impls.split(",") if i]
+    compiled = ([] if device.type != "cuda" and args.backend == "inductor"
+                else [i for i in args.compiled_impls.split(",") if i])
     # The preset's own implementation first, else the list's first (the default lists "stacked" first:
     # what "auto" picks for the seed model's blocks on CUDA); the rest in 2b, if the budget allows.
     first = [i for i in compiled if i == cfg.model.mix_impl] or compiled[:1]
@@ -587,8 +588,7 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save, budget: Budget
         epoch_s = budget.epoch_s or EPOCH_GUESS_S  # the laptop preset's epochs are shorter: an upper bound
         if not budget.fits(what, budget.compiling(fcfg, device) + FIRST_EPOCH_S + epochs * epoch_s):
             continue
-        print(f"\n5. fit: {name} preset, {epochs} of its {fcfg.train.epochs} epochs, "
-              f"train.compile={fcfg.train.compile}", flush=True)
+        print(f"\n{what} (of {fcfg.train.epochs})", flush=True)
         with tempfile.TemporaryDirectory(dir=args.out) as tmp:  # checkpoints are written (and timed), then dropped
             fcfg = fcfg.replace([f"train.stop_after={epochs}"] if epochs < fcfg.train.epochs else [])
             rep[key] = _summarise_fit(run_fit(fcfg, data, Path(tmp) / "run"), fcfg.train.epochs)
@@ -622,6 +622,7 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save, budget: Budget
             rep[f"{key}_error"] = f"{type(e).__name__}: {e}"[:500]
             print(f"  PROFILING FAILED ({rep[f'{key}_error']}); going on", flush=True)
         save()
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

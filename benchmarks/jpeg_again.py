@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers.data import load_cifar10  # noqa: E402
+from helpers.data import DataError, load_cifar10  # noqa: E402
 
 
 def round_trip_change(images: np.ndarray, quality: int) -> np.ndarray:
@@ -39,7 +40,13 @@ def main(argv: list[str] | None = None) -> dict[int, tuple[float, float]]:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--images", type=int, default=10_000, help="the first N test images")
     args = p.parse_args(argv)
-    images = load_cifar10(args.data_dir).test_x[:args.images].permute(0, 2, 3, 1).numpy()  # (N, 32, 32, 3)
+    if bad := [q for q in args.quality if not 1 <= q <= 100]:
+        p.error(f"--quality must be 1-100 (Pillow's JPEG quality), got {bad}")
+    try:
+        images = load_cifar10(args.data_dir).test_x[:args.images].permute(0, 2, 3, 1).numpy()  # (N, 32, 32, 3)
+    except DataError as e:
+        p.error(str(e))
+    print(f"Pillow {PIL.__version__}; {args.data_dir}")
     out = {}
     for q in args.quality:
         change = round_trip_change(images, q)

@@ -90,6 +90,11 @@ def resolve_mix_impl(name: str, device_type: str, out_hw: int, stacked_out: int,
     return "stacked" if stacked_out <= STACKED_MAX_OUT.get(device_type, 0) else AUTO_FALLBACK
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` (N, C, H, W) is laid out channels_last (a tensor that is both, e.g. 1×1, counts as NCHW)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 class MixConv(nn.Module):
     """K parallel k×k convolutions mixed per image: ``y_b = Σ_k a_bk · (W_k ∗ h_b + b_k)``.
 
@@ -142,8 +147,7 @@ class MixConv(nn.Module):
         """``h``: (B, C_in, H, W), ``a``: (B, K) → (B, C_out, H', W')."""
         hw = self.out_size(h.shape[-2]) * self.out_size(h.shape[-1])
         impl = resolve_mix_impl(self.impl, h.device.type, hw, self.num_k * self.out_channels,
-                                channels_last=h.is_contiguous(memory_format=torch.channels_last)
-                                and not h.is_contiguous(), stride=self.stride)
+                                channels_last=_channels_last(h), stride=self.stride)
         return getattr(self, f"_{impl}")(h, a)
 
     def _naive(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -169,7 +173,7 @@ class MixConv(nn.Module):
         K, O = self.num_k, self.out_channels
         a = a.to(h.dtype)
         w = self.weight.unflatten(0, (K, O))                                          # (K, O, C_in, 3, 3)
-        if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
+        if _channels_last(h):
             # Input and kernels built channels_last, each in one pass: a convolution given mixed
             # layouts converts one of them first.
             x = (h.permute(0, 2, 3, 1).unsqueeze(3) * a[:, None, None, :, None])      # (B, H, W, K, C_in)

@@ -131,3 +131,13 @@ def test_jpeg_again_finds_a_copy_already_written_at_that_quality(fake_root):
     assert jpeg_again.round_trip_change(once, 75).mean() < jpeg_again.round_trip_change(once, 50).mean()
     out = jpeg_again.main(["--data-dir", str(fake_root), "--quality", "75", "--images", "5"])
     assert set(out) == {75} and out[75][0] >= 0 and 0 <= out[75][1] <= 1
+
+
+def test_jpeg_again_refuses_bad_input_in_one_line(tmp_path, capsys):
+    import jpeg_again
+    for argv, words in ((["--quality", "0"], "--quality must be 1-100"),
+                        (["--data-dir", str(tmp_path)], str(tmp_path))):  # DataError says where it looked
+        with pytest.raises(SystemExit) as e:
+            jpeg_again.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and words in err and "Traceback" not in err
