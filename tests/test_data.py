@@ -294,8 +294,8 @@ def test_fingerprint_tells_data_apart(fake_root):
 # ---------------------------------------------------------------------------- the package
 
 
-@pytest.mark.slow  # a fresh interpreter each
-@pytest.mark.parametrize("module", ["helpers.data", "helpers.train"])
+@pytest.mark.slow  # a fresh interpreter each; helpers.train's: test_train.test_module_entry_point_runs_cleanly
+@pytest.mark.parametrize("module", ["helpers.data"])
 def test_command_lines_run_without_runpy_warning(module):
     r = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", module, "--help"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
