@@ -49,6 +49,26 @@ def pytest_collection_modifyitems(config, items):
     config.stash[_NOT_RUN] = len(need)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``-n N --dist loadfile`` (``make test``), the notebooks run on one worker, in order.
+
+    Notebook 05 trains ``runs/<preset>`` and 06 analyses that run, so they must not run side by side.
+    pytest-xdist's ``xdist_group`` marks would say the same, but its ``loadgroup`` does not see them
+    under pytest 9 (it renames ``item._nodeid``, which pytest 9 no longer reads).
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class NotebooksTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)  # the file
+            return "notebooks" if scope.endswith(".ipynb") else scope
+
+    return NotebooksTogether(config, log)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     n = config.stash.get(_NOT_RUN, 0)
     if n:

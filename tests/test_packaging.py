@@ -1,4 +1,4 @@
-"""The project's packaging: environment.yml and pyproject.toml list the same packages."""
+"""The project's packaging: environment.yml and pyproject.toml list the same packages; how `make test` splits the suite."""
 import re
 import tomllib
 from pathlib import Path
@@ -69,3 +69,19 @@ def test_module_lists_its_public_api_at_the_top(name):
     own = {n for n, obj in vars(module).items() if not n.startswith("_")
            and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module.__name__}
     assert own <= set(module.__all__), f"public but not in __all__: {sorted(own - set(module.__all__))}"
+
+
+def test_make_test_keeps_the_notebooks_on_one_worker(request):
+    """`make test` spreads the suite over workers by file (pytest-xdist), the notebooks as one unit:
+    notebook 05 trains the run that 06 analyses (tests/conftest.py's scheduler)."""
+    make = (ROOT / "Makefile").read_text()
+    assert make.count("-n auto --dist loadfile") == 2, "make test and make test-fast use the scheduler"
+
+    class Config:  # what the scheduler reads of pytest's config under `-n 2 --dist loadfile`
+        def getvalue(self, name):
+            return {"dist": "loadfile", "tx": ["2*popen"]}[name]
+
+    scope = request.config.hook.pytest_xdist_make_scheduler(config=Config(), log=None)._split_scope
+    assert scope("notebooks/05_training.ipynb::Cell 3") == scope("notebooks/06_confusion_matrix_analysis.ipynb::Cell 0")
+    assert scope("tests/test_a.py::test_x") == scope("tests/test_a.py::test_y") != scope("tests/test_b.py::test_x")
+    assert scope("tests/test_a.py::test_x") != scope("notebooks/05_training.ipynb::Cell 3")
