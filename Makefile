@@ -39,13 +39,14 @@ lab: $(STAMP) $(DATA)
 	@# Rooted at the project folder, so README, BENCHMARKS, SYLLABUS and helpers/ open from Lab too.
 	$(BIN)/jupyter lab notebooks/01_data_and_augmentation.ipynb
 
-# One worker per core (pytest-xdist), one thread each: a test file, or all the notebooks in order, per worker.
+# One worker per core, at most 4 (pytest-xdist), one thread each: a test file, or all the notebooks in order
+# (about 2 minutes on one worker), per worker; more workers would add memory, not speed.
 test: $(STAMP) $(DATA)
-	HELPERS_PRESET=smoke OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile --nbval-lax tests notebooks
+	HELPERS_PRESET=smoke OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --nbval-lax tests notebooks
 
 # While editing: seconds, on a fake CIFAR-10; `make test` runs everything, slow and real-data tests too.
 test-fast: $(STAMP)
-	HELPERS_PRESET=smoke OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile -m "not slow and not real_data" tests
+	HELPERS_PRESET=smoke OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile -m "not slow and not real_data" tests
 
 exercises: $(STAMP)
 	$(BIN)/python -m helpers.exercises build

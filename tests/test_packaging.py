@@ -75,7 +75,7 @@ def test_make_test_keeps_the_notebooks_on_one_worker(request):
     """`make test` spreads the suite over workers by file (pytest-xdist), the notebooks as one unit:
     notebook 05 trains the run that 06 analyses (tests/conftest.py's scheduler)."""
     make = (ROOT / "Makefile").read_text()
-    assert make.count("-n auto --dist loadfile") == 2, "make test and make test-fast use the scheduler"
+    assert make.count("--dist loadfile") == 2, "make test and make test-fast use the scheduler"
 
     class Config:  # what the scheduler reads of pytest's config under `-n 2 --dist loadfile`
         def getvalue(self, name):
