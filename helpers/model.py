@@ -163,8 +163,15 @@ class MixConv(nn.Module):
         K, O = self.num_k, self.out_channels
         b = None if self.bias is None else self.bias.flatten()
         y = F.conv2d(h, self.weight, b, self.stride, self.padding)      # (B, K·O, H', W')
+        a = a.to(y.dtype)
+        if _channels_last(y):
+            # Summed in y's own layout, (B, H', W', K, O), so the result stays channels_last. Summed over
+            # the NCHW view instead, it came out NCHW, and every convolution after it (the next block's,
+            # and this one's backward) converted its input or gradient back: an activation-sized copy each.
+            y = y.permute(0, 2, 3, 1).unflatten(3, (K, O))              # (B, H', W', K, O): a view
+            return (y * a[:, None, None, :, None]).sum(3).permute(0, 3, 1, 2)  # (B, O, H', W'), channels_last
         y = y.unflatten(1, (K, O))                                      # (B, K, O, H', W')
-        return (y * a[:, :, None, None, None].to(y.dtype)).sum(1)       # (B, O, H', W')
+        return (y * a[:, :, None, None, None]).sum(1)                   # (B, O, H', W')
 
     def _stacked_input(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         # Linearity on the input side: Σ_k a_k·(W_k∗h) = [W_1 … W_K] ∗ [a_1·h; …; a_K·h]. One convolution

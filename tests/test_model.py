@@ -63,16 +63,51 @@ def test_mixconv_fast_equals_naive(impl, k, stride, bias, hw):
         close(g[name], g_ref[name], f"grad of {name}", floor)
 
 
-def test_stacked_input_keeps_a_channels_last_input_channels_last():
-    """Its stacked input is built in the input's layout: a convolution given an NCHW input and
-    channels_last weights (or the reverse) converts one of them first, a copy every step."""
+@pytest.mark.parametrize("impl", ["naive", "stacked", "stacked_input"])
+def test_a_channels_last_input_gives_a_channels_last_output(impl):
+    """A convolution given an NCHW tensor and channels_last weights converts it first: an
+    activation-sized copy every step, in the next block's forward and in this one's backward.
+    So `stacked` sums its K outputs in their own layout, and `stacked_input` builds its stacked
+    input in the input's (`kernel` works in NCHW by design)."""
     torch.manual_seed(0)
-    conv = MixConv(6, 8, 3, impl="stacked_input").to(memory_format=torch.channels_last)
-    h = torch.randn(2, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    conv = MixConv(6, 8, 3, impl=impl).to(memory_format=torch.channels_last)
+    h = torch.randn(2, 6, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
     a = torch.softmax(torch.randn(2, 3), 1)
     y = conv(h, a)
+    y.backward(torch.randn_like(y))  # a gradient in y's layout, as the next layer's backward gives
     assert y.is_contiguous(memory_format=torch.channels_last)
+    assert h.grad.is_contiguous(memory_format=torch.channels_last)
     close(y, conv._naive(h, a), "output")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ["stacked", "stacked_input"])  # naive: K plain convolutions
+def test_no_convolution_in_the_compiled_backward_is_handed_an_nchw_gradient(impl):
+    """torch.compile's traced backward graph, as inductor hands it on: a convolution_backward given
+    an NCHW gradient and channels_last weights converts the gradient itself, an activation-sized
+    copy each. The seed model traced 11 such before `stacked` summed in its own layout; the third
+    H200's profile showed 11 element-wise copies a step (BENCHMARKS.md, "third H200")."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    from helpers.model import _channels_last
+    grads = []
+
+    def backward_graph(gm, example_inputs):  # records, then runs the graph as traced
+        grads.extend(n.args[0].meta["val"] for n in gm.graph.nodes
+                     if n.target is torch.ops.aten.convolution_backward.default)
+        return make_boxed_func(gm)
+
+    torch._dynamo.reset()
+    net = small_net(mix_impl=impl).train().to(memory_format=torch.channels_last)
+    compiled = torch.compile(net, backend=aot_autograd(fw_compiler=lambda gm, _: make_boxed_func(gm),
+                                                  bw_compiler=backward_graph))
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", torch.bfloat16):
+        logits = compiled(x)
+    logits.float().sum().backward()
+    assert len(grads) >= 7  # stem, and per block its bottleneck, mixing and skip convolutions
+    nchw = [tuple(g.shape) for g in grads if not _channels_last(g) and g.shape[-2:] != (1, 1)]
+    assert not nchw, f"NCHW gradients handed to convolution_backward: {nchw}"
 
 
 def test_naive_is_the_formula():
