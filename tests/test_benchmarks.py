@@ -141,3 +141,13 @@ def test_jpeg_again_refuses_bad_input_in_one_line(tmp_path, capsys):
             jpeg_again.main(argv)
         err = capsys.readouterr().err
         assert e.value.code == 2 and words in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_conv_layouts_lists_each_backward_convolution_and_counts_the_nchw_ones(capsys):
+    import conv_layouts
+    assert conv_layouts.main(["--preset", "smoke", "--impl", "stacked", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("  (")]
+    assert rows and all(line.rstrip().endswith("channels_last") for line in rows)
+    assert f"{len(rows)} convolution backwards, 0 handed a gradient not in channels_last" in out

@@ -86,27 +86,13 @@ def test_no_convolution_in_the_compiled_backward_is_handed_an_nchw_gradient(impl
     """torch.compile's traced backward graph, as inductor hands it on: a convolution_backward given
     an NCHW gradient and channels_last weights converts the gradient itself, an activation-sized
     copy each. The seed model traced 11 such before `stacked` summed in its own layout; the third
-    H200's profile showed 11 element-wise copies a step (BENCHMARKS.md, "third H200")."""
-    from functorch.compile import make_boxed_func
-    from torch._dynamo.backends.common import aot_autograd
-    from helpers.model import _channels_last
-    grads = []
-
-    def backward_graph(gm, example_inputs):  # records, then runs the graph as traced
-        grads.extend(n.args[0].meta["val"] for n in gm.graph.nodes
-                     if n.target is torch.ops.aten.convolution_backward.default)
-        return make_boxed_func(gm)
-
-    torch._dynamo.reset()
+    H200's profile showed 11 calls a step of ATen's copy kernel (BENCHMARKS.md, "third H200")."""
+    from benchmarks.conv_layouts import backward_conv_gradients, layout
     net = small_net(mix_impl=impl).train().to(memory_format=torch.channels_last)
-    compiled = torch.compile(net, backend=aot_autograd(fw_compiler=lambda gm, _: make_boxed_func(gm),
-                                                  bw_compiler=backward_graph))
     x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
-    with torch.autocast("cpu", torch.bfloat16):
-        logits = compiled(x)
-    logits.float().sum().backward()
+    grads = backward_conv_gradients(net, x, torch.bfloat16)
     assert len(grads) >= 7  # stem, and per block its bottleneck, mixing and skip convolutions
-    nchw = [tuple(g.shape) for g in grads if not _channels_last(g) and g.shape[-2:] != (1, 1)]
+    nchw = [tuple(g.shape) for g in grads if layout(g) != "channels_last"]
     assert not nchw, f"NCHW gradients handed to convolution_backward: {nchw}"
 
 
