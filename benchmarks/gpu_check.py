@@ -22,8 +22,9 @@ Measures, prints, and writes to ``--out`` (default ``runs/gpu-check``) as
 5. ``--epochs`` epochs of the seed preset through ``fit`` (Table 1's 200-epoch
    schedule, stopped early), with each epoch's parts: training steps,
    augmentation, evaluation, checkpoint writing; compilation apart; on CUDA the
-   same again under ``train.compile="graph"``; the laptop preset; 5b. ``fit``'s
-   steps under ``torch.profiler``: how busy the GPU is, and the host's top operations;
+   same again in the other CUDA-graph mode (``auto`` there is ``"graph"``, so
+   ``"cudagraphs"``); the laptop preset; 5b. ``fit``'s steps under ``torch.profiler``
+   (both modes): how busy the GPU is, and the host's top operations;
 6. with ``--full``: the whole 200-epoch run, final and per-class test accuracy
    beside the report's 92.75 %;
 7. with ``--speedrun``: the whole ``speedrun`` preset (the short-schedule recipe),
@@ -109,7 +110,8 @@ class Budget:
 
     def compiling(self, cfg, device: torch.device) -> float:
         """The estimated compilation of a run of ``cfg`` on ``device``: 0 where it does not compile."""
-        return 0.0 if resolve_compile(cfg.train.compile, device) == "off" else self.compile_s
+        return 0.0 if resolve_compile(cfg.train.compile, device, amp_dtype(cfg.train.amp, device)) == "off" \
+            else self.compile_s
 
     def measured_compile(self, seconds: float) -> None:
         self._compile = max(self._compile or 0.0, seconds)
@@ -314,6 +316,8 @@ def markdown(rep: dict) -> str:
     for key, title in (("fit", "`fit`, {} preset (its own schedule), first epochs"),
                        ("fit_graph", "`fit`, {} preset with the step recorded as one CUDA graph "
                                      "(`train.compile=\"graph\"`), first epochs"),
+                       ("fit_cudagraphs", "`fit`, {} preset with torch.compile's CUDA graphs "
+                                          "(`train.compile=\"cudagraphs\"`), first epochs"),
                        ("fit_laptop", "`fit`, {} preset, first epochs"),
                        ("full", "`fit`, the full {} preset"), ("speedrun", "`fit`, the {} preset")):
         f = rep.get(key)
@@ -362,7 +366,8 @@ def markdown(rep: dict) -> str:
                       "| class | this run | report |", "|---|---|---|"]
             lines += [f"| {c} | {a:.2f} | {REPORT_PER_CLASS.get(c, float('nan')):.2f} |"
                       for c, a in f["per_class"].items()]
-    for key, how in (("profile", ""), ("profile_graph", ", the step recorded as one CUDA graph")):
+    for key, how in (("profile", ""), ("profile_graph", ", the step recorded as one CUDA graph"),
+                     ("profile_cudagraphs", ", torch.compile's CUDA graphs")):
         if rep.get(key) or rep.get(f"{key}_error"):
             lines += ["", f"## Where a training step's time goes (`fit`'s steps under torch.profiler{how})", ""]
             lines += profile_report(rep[key]) if rep.get(key) else [f"**Failed:** {rep[f'{key}_error']}"]
@@ -382,6 +387,16 @@ def _resumable(folder: RunFolder) -> None:
         raise ValueError(f"{folder.path} holds no run to resume: run --full without --resume first")
     if folder.finished():
         raise ValueError(f"{folder.path} holds a finished run ({folder.status()}): nothing to resume")
+
+
+def other_mode(cfg, device: torch.device) -> str | None:
+    """The CUDA-graph mode ``fit`` is compared with in sections 5 and 5b: "cudagraphs" where ``cfg``
+    runs "graph" (``auto`` on CUDA), "graph" where the step can be recorded and ``cfg`` runs another
+    mode; None where neither applies (a CPU; fp16, which the graph does not record)."""
+    dtype = amp_dtype(cfg.train.amp, device)
+    if resolve_compile(cfg.train.compile, device, dtype) == "graph":
+        return "cudagraphs"
+    return "graph" if device.type in graphs.RECORDABLE and dtype != torch.float16 else None
 
 
 def _summarise_fit(f: dict, epochs_total: int) -> dict:
@@ -575,11 +590,12 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save, budget: Budget
         print(f"  {name:10s} {sec * 1000:7.1f} ms", flush=True)
     save()
 
-    # The preset's own schedule, stopped after a few epochs (as it is, and with the step recorded as
-    # one graph where it can be); then the laptop preset (CPU-sized) here.
+    # The preset's own schedule, stopped after a few epochs (as it is, and in the other CUDA-graph
+    # mode); then the laptop preset (CPU-sized) here.
+    alt = other_mode(cfg, device)
     runs = [("fit", preset, cfg)]
-    if device.type in graphs.RECORDABLE:
-        runs.append(("fit_graph", preset, cfg.replace(["train.compile=graph"])))
+    if alt:
+        runs.append((f"fit_{alt}", preset, cfg.replace([f"train.compile={alt}"])))
     runs.append(("fit_laptop", "smoke" if args.smoke else "laptop", None))
     for key, name, fcfg in runs:
         fcfg = fcfg or get_preset(name, args.overrides)
@@ -606,10 +622,10 @@ def bench(args, rep: dict, cfg, data, device: torch.device, save, budget: Budget
         print("\n2b. training step, the other implementations compiled", flush=True)
         step_rows("cudagraphs", rest)
 
-    # fit's steps as they are, and (where it can record) with the step recorded as one graph
+    # fit's steps as they are, and in the other CUDA-graph mode
     profiled = [("profile", cfg)]
-    if device.type in graphs.RECORDABLE:
-        profiled.append(("profile_graph", cfg.replace(["train.compile=graph"])))
+    if alt:
+        profiled.append((f"profile_{alt}", cfg.replace([f"train.compile={alt}"])))
     for key, pcfg in profiled:
         what = f"5b. profile: fit's steps, train.compile={pcfg.train.compile}"
         if not budget.fits(what, budget.compiling(pcfg, device) + FIRST_EPOCH_S):

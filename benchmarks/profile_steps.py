@@ -3,7 +3,7 @@
     python benchmarks/profile_steps.py                          # the seed preset on this machine's GPU
     python benchmarks/profile_steps.py --preset laptop --trace runs/trace.json
 
-Builds the run as ``fit`` does (compiled as ``fit`` compiles: CUDA graphs on CUDA), trains a few
+Builds the run as ``fit`` does (compiled as ``fit`` compiles: on CUDA the step as one CUDA graph), trains a few
 warm-up steps, then times ``--steps`` steps of ``train_epoch`` (default: as many as share one
 augmentation chunk, 64 for the seed preset on CUDA) twice: once plain (the wall time per
 step) and once under the profiler. On a GPU it reports how long the GPU was busy (the union of its

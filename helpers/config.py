@@ -118,8 +118,8 @@ class TrainConfig:
     channels_last: bool = True
     # torch.compile the model: "cudagraphs" = mode="reduce-overhead" (CUDA graphs replay the
     # forward and the backward, one launch each; BENCHMARKS.md, "GPU"); "graph" (CUDA only): forward,
-    # loss and backward recorded as one CUDA graph (helpers/graphs.py); auto: cudagraphs on CUDA,
-    # off elsewhere
+    # loss and backward recorded as one CUDA graph (helpers/graphs.py); auto: graph on CUDA
+    # (cudagraphs under fp16), off elsewhere
     compile: str = _f("auto", choices=("auto", "off", "default", "cudagraphs", "graph"))
     eval_every: int = _f(1, lo=0)                   # test after every N-th epoch and the last; 0 = the last only
     tta_flip: bool = False                          # average logits of image and its mirror at test time

@@ -14,6 +14,10 @@ optimiser (fused SGD, one kernel) and OneCycle run eagerly after the replay: the
 are Python numbers that change every step, which a graph would freeze, and the optimiser's state
 and checkpoints stay exactly as without a graph.
 
+Measured on an H200 since (BENCHMARKS.md, "The step as one CUDA graph"): 2.89 ms a step against
+3.42 ms with "cudagraphs", the GPU busy 88 % of the time, and a seed-preset epoch in 1.40 s against
+2.05 s; so ``train.compile="auto"`` runs this on CUDA.
+
 What a recorded step needs, and how this class gives it:
 - fixed addresses: the batch is copied into ``x``/``target`` before each replay; the gradients
   are tensors made before recording, zeroed and accumulated into inside the graph, and put back

@@ -124,14 +124,15 @@ def build_run(cfg: Config, data: CIFAR10, out_dir: str | Path | RunFolder | None
                             drop_last=cfg.data.drop_last, device=device, seed=tc.seed)
     optimizer = build_optimizer(model, cfg.optim)
     dtype = amp_dtype(tc.amp, device)
-    if resolve_compile(tc.compile, device) == "graph":
+    compile_mode = resolve_compile(tc.compile, device, dtype)
+    if compile_mode == "graph":
         check_recordable(device, dtype)
     eval_sets = {"test": (ds.test_x.to(device), ds.test_y.to(device))}
     if val is not None:
         eval_sets["val"] = (val[0].to(device), val[1].to(device))
     ema = EMA(model, tc.ema) if tc.ema else None
     return Run(
-        cfg=cfg, device=device, dtype=dtype, model=model, net=compile_model(model, tc.compile, device), ema=ema,
+        cfg=cfg, device=device, dtype=dtype, model=model, net=compile_model(model, compile_mode, device), ema=ema,
         loss_fn=build_loss(cfg.loss, ds.classes).to(device), batches=batches,
         aug=BatchAugment(cfg.data, mean, std, num_classes=cfg.model.num_classes, seed=tc.seed + 1),
         optimizer=optimizer,
@@ -162,7 +163,7 @@ def warm_up(run: Run) -> float:
         x = x.contiguous(memory_format=torch.channels_last)
     target = torch.full((b, k), 1 / k, device=run.device)
     try:
-        recorded = resolve_compile(run.cfg.train.compile, run.device) == "graph" and _record(run, x, target)
+        recorded = resolve_compile(run.cfg.train.compile, run.device, run.dtype) == "graph" and _record(run, x, target)
         if not recorded:
             for _ in range(3):  # CUDA graphs: the first call warms up, the second records, the third replays
                 # Fresh gradients each time, as train_step: accumulating into the last call's would read
@@ -445,7 +446,8 @@ def _fit(cfg: Config, data: CIFAR10 | None, folder: RunFolder | None, resume: st
     if start_epoch < tc.epochs and run.net is not run.model:
         try:
             run.meta["compile_s"] = warm_up(run)
-            mode = "cudagraphs" if run.meta.get("graph_error") else resolve_compile(tc.compile, run.device)
+            mode = ("cudagraphs" if run.meta.get("graph_error")
+                    else resolve_compile(tc.compile, run.device, run.dtype))
             log(f"Compiled ({mode}) in {run.meta['compile_s']:.1f} s (not counted in the epoch times)")
         except Exception as e:  # e.g. no C compiler or Triton here: the eager model trains the same
             run.net = run.model

@@ -53,7 +53,9 @@ def backend(monkeypatch):
 
 
 def test_compile_defaults():
-    assert resolve_compile("auto", torch.device("cuda")) == "cudagraphs"
+    assert resolve_compile("auto", torch.device("cuda")) == "graph"  # the whole step as one CUDA graph
+    assert resolve_compile("auto", torch.device("cuda"), torch.bfloat16) == "graph"
+    assert resolve_compile("auto", torch.device("cuda"), torch.float16) == "cudagraphs"  # loss scaling: not recorded
     assert resolve_compile("auto", torch.device("cpu")) == "off"
     assert resolve_compile("default", torch.device("cpu")) == "default"
     model = build_model(get_preset("smoke").model)

@@ -243,3 +243,16 @@ def test_the_preset_s_own_implementation_compiles_first_and_the_others_after_fit
     assert calls[5:] == ["step auto cudagraphs", "step auto graph", "blocks", "augment", "checkpoint",
                          "fit off", "fit graph", "fit off",  # the smoke preset: off; then graph; the laptop's place
                          "step naive cudagraphs", "step kernel cudagraphs", "profile off", "profile graph"]
+
+
+def test_fit_is_compared_with_the_other_cuda_graph_mode():
+    """On CUDA `auto` records the whole step as one graph, so sections 5 and 5b compare torch's CUDA
+    graphs with it; a run set to cudagraphs is compared with the graph; on a CPU, or under fp16, neither."""
+    import torch
+    from benchmarks.gpu_check import other_mode
+    from helpers.config import get_preset
+    seed, cuda = get_preset("seed"), torch.device("cuda")  # a device object: no GPU needed
+    assert other_mode(seed, cuda) == "cudagraphs"
+    assert other_mode(seed.replace(["train.compile=cudagraphs"]), cuda) == "graph"
+    assert other_mode(seed.replace(["train.amp=fp16"]), cuda) is None  # auto: cudagraphs; the graph refuses fp16
+    assert other_mode(seed, torch.device("cpu")) is None
