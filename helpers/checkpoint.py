@@ -654,7 +654,13 @@ def set_rng_state(state: dict, *generators: torch.Generator) -> None:
 
 
 def git_commit(folder: Path | None = None) -> str:
-    """The checkout's commit (with ``+dirty`` for uncommitted changes), or ``"unknown"``."""
+    """The checkout's commit (with ``+dirty`` for uncommitted changes), or ``"unknown"``.
+
+    ``$HELPERS_GIT_COMMIT`` overrides it, for a copy of the tree whose ``.git`` is not its own (the
+    course's GPU machines received such copies, whose git said an older commit).
+    """
+    if os.environ.get("HELPERS_GIT_COMMIT"):
+        return os.environ["HELPERS_GIT_COMMIT"]
     folder = folder or PROJECT
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=folder, capture_output=True,

@@ -43,6 +43,16 @@ def _strip_time(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if not k.startswith("time")} for h in history]
 
 
+def test_the_commit_is_the_checkouts_unless_the_environment_names_it(monkeypatch):
+    """A copy of the tree shipped to another machine can carry an older .git: HELPERS_GIT_COMMIT wins."""
+    from helpers.checkpoint import git_commit, provenance
+    monkeypatch.delenv("HELPERS_GIT_COMMIT", raising=False)
+    ours = git_commit()
+    assert ours != "abc1234" and (ours == "unknown" or len(ours.split("+")[0]) >= 7)
+    monkeypatch.setenv("HELPERS_GIT_COMMIT", "abc1234")
+    assert git_commit() == "abc1234" and provenance(torch.device("cpu"))["git_commit"] == "abc1234"
+
+
 def test_fit_writes_a_complete_run_folder(data, tmp_path):
     r = fit(_cfg(), data, out_dir=tmp_path, progress=False, log=lambda s: None)
     assert r.status == "completed" and len(r.history) == 3
