@@ -20,7 +20,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers.config import get_preset  # noqa: E402
-from helpers.model import MIX_IMPLS, _channels_last, build_model  # noqa: E402
+from helpers.model import MIX_IMPLS, build_model  # noqa: E402
 
 
 def backward_conv_gradients(model: nn.Module, x: torch.Tensor,
@@ -47,8 +47,8 @@ def backward_conv_gradients(model: nn.Module, x: torch.Tensor,
 
 
 def layout(t: torch.Tensor) -> str:
-    if t.shape[-2:] == (1, 1) or _channels_last(t):
-        return "channels_last"  # a 1×1 map is both
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"  # a 1×1 map counts as both
     return "NCHW" if t.is_contiguous() else f"strides {t.stride()}"
 
 

@@ -76,6 +76,11 @@ REPORT_ACC = 0.9275  # the seed report's final test accuracy (§5)
 IMPLS = MIX_IMPLS + ("auto",)
 
 
+def compile_mode(cfg, device: torch.device) -> str:
+    """What ``fit`` compiles ``cfg`` as on ``device`` (``train.compile`` resolved, as ``build_run`` does)."""
+    return resolve_compile(cfg.train.compile, device, amp_dtype(cfg.train.amp, device))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -110,8 +115,7 @@ class Budget:
 
     def compiling(self, cfg, device: torch.device) -> float:
         """The estimated compilation of a run of ``cfg`` on ``device``: 0 where it does not compile."""
-        return 0.0 if resolve_compile(cfg.train.compile, device, amp_dtype(cfg.train.amp, device)) == "off" \
-            else self.compile_s
+        return 0.0 if compile_mode(cfg, device) == "off" else self.compile_s
 
     def measured_compile(self, seconds: float) -> None:
         self._compile = max(self._compile or 0.0, seconds)
@@ -393,10 +397,9 @@ def other_mode(cfg, device: torch.device) -> str | None:
     """The CUDA-graph mode ``fit`` is compared with in sections 5 and 5b: "cudagraphs" where ``cfg``
     runs "graph" (``auto`` on CUDA), "graph" where the step can be recorded and ``cfg`` runs another
     mode; None where neither applies (a CPU; fp16, which the graph does not record)."""
-    dtype = amp_dtype(cfg.train.amp, device)
-    if resolve_compile(cfg.train.compile, device, dtype) == "graph":
+    if compile_mode(cfg, device) == "graph":
         return "cudagraphs"
-    return "graph" if device.type in graphs.RECORDABLE and dtype != torch.float16 else None
+    return "graph" if device.type in graphs.RECORDABLE and amp_dtype(cfg.train.amp, device) != torch.float16 else None
 
 
 def _summarise_fit(f: dict, epochs_total: int) -> dict:

@@ -105,7 +105,7 @@ def resolve_compile(name: str, device: torch.device, dtype: torch.dtype | None =
 
 
 def compile_model(model: nn.Module, mode: str, device: torch.device,
-                  backend: str | Callable = "inductor", dtype: torch.dtype | None = None) -> nn.Module:
+                  backend: str | Callable = "inductor") -> nn.Module:
     """``torch.compile(model)`` for ``train.compile`` = ``mode``, or ``model`` itself when off.
 
     ``dynamic=False``: one specialised graph per input shape. Callers keep the shapes
@@ -114,7 +114,7 @@ def compile_model(model: nn.Module, mode: str, device: torch.device,
     and ``model.state_dict()`` keeps its plain keys. ``backend`` other than inductor
     (e.g. "aot_eager") is for tests on a CPU.
     """
-    mode = resolve_compile(mode, device, dtype)
+    mode = resolve_compile(mode, device)
     if mode == "off":
         return model
     kw = {"mode": COMPILE_MODES[mode]} if backend == "inductor" else {}

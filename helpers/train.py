@@ -66,6 +66,7 @@ class Run:
     dtype: torch.dtype | None          # autocast dtype, None = fp32
     model: nn.Module                   # the weights: saved, loaded, returned
     net: nn.Module                     # what runs them: ``model`` or its compiled wrapper
+    compile_mode: str                  # train.compile resolved: "off", "default", "cudagraphs" or "graph"
     loss_fn: nn.Module
     batches: DeviceBatches             # uint8 training images on the device, the shuffling generator
     aug: BatchAugment
@@ -132,7 +133,8 @@ def build_run(cfg: Config, data: CIFAR10, out_dir: str | Path | RunFolder | None
         eval_sets["val"] = (val[0].to(device), val[1].to(device))
     ema = EMA(model, tc.ema) if tc.ema else None
     return Run(
-        cfg=cfg, device=device, dtype=dtype, model=model, net=compile_model(model, compile_mode, device), ema=ema,
+        cfg=cfg, device=device, dtype=dtype, model=model, net=compile_model(model, compile_mode, device),
+        compile_mode=compile_mode, ema=ema,
         loss_fn=build_loss(cfg.loss, ds.classes).to(device), batches=batches,
         aug=BatchAugment(cfg.data, mean, std, num_classes=cfg.model.num_classes, seed=tc.seed + 1),
         optimizer=optimizer,
@@ -163,7 +165,7 @@ def warm_up(run: Run) -> float:
         x = x.contiguous(memory_format=torch.channels_last)
     target = torch.full((b, k), 1 / k, device=run.device)
     try:
-        recorded = resolve_compile(run.cfg.train.compile, run.device, run.dtype) == "graph" and _record(run, x, target)
+        recorded = run.compile_mode == "graph" and _record(run, x, target)
         if not recorded:
             for _ in range(3):  # CUDA graphs: the first call warms up, the second records, the third replays
                 # Fresh gradients each time, as train_step: accumulating into the last call's would read
@@ -180,8 +182,9 @@ def warm_up(run: Run) -> float:
 
 
 def _record(run: Run, x: torch.Tensor, target: torch.Tensor) -> bool:
-    """train.compile="graph": record ``run.graph``; if that fails, say why and switch ``run.net`` to
-    torch's own CUDA graphs ("cudagraphs"; compiling may well have worked). Whether it recorded."""
+    """train.compile="graph": record ``run.graph``; if that fails, say why and switch ``run.net`` (and
+    ``run.compile_mode``) to torch's own CUDA graphs ("cudagraphs"; compiling may well have worked).
+    Whether it recorded."""
     try:
         run.graph = StepGraph(run.net, run.model, run.loss_fn, x, target, run.dtype)
         return True
@@ -189,7 +192,7 @@ def _record(run: Run, x: torch.Tensor, target: torch.Tensor) -> bool:
         run.meta["graph_error"] = _one_line(e)
         run.log(f"Recording the step as one CUDA graph failed ({run.meta['graph_error']}); "
                 "training with train.compile='cudagraphs' instead")
-        run.net = compile_model(run.model, "cudagraphs", run.device)
+        run.net, run.compile_mode = compile_model(run.model, "cudagraphs", run.device), "cudagraphs"
         return False
 
 
@@ -446,11 +449,9 @@ def _fit(cfg: Config, data: CIFAR10 | None, folder: RunFolder | None, resume: st
     if start_epoch < tc.epochs and run.net is not run.model:
         try:
             run.meta["compile_s"] = warm_up(run)
-            mode = ("cudagraphs" if run.meta.get("graph_error")
-                    else resolve_compile(tc.compile, run.device, run.dtype))
-            log(f"Compiled ({mode}) in {run.meta['compile_s']:.1f} s (not counted in the epoch times)")
+            log(f"Compiled ({run.compile_mode}) in {run.meta['compile_s']:.1f} s (not counted in the epoch times)")
         except Exception as e:  # e.g. no C compiler or Triton here: the eager model trains the same
-            run.net = run.model
+            run.net, run.compile_mode = run.model, "off"
             run.meta["compile_error"] = _one_line(e)
             log(f"Compiling failed ({run.meta['compile_error']}); training without compilation "
                 "(set train.compile=off to skip the attempt)")
